@@ -1,0 +1,153 @@
+// pybind11 shell over the core: argument checks and conversion, nothing else.
+// Every bad argument raises ompq_ext.errors.OmpqValueError before any kernel runs.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "ompq/ompq.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+[[noreturn]] void fail(const std::string& message) {
+    // Leaked on purpose: a static py::object would be released after the interpreter is gone.
+    static py::handle error = py::object(py::module_::import("ompq_ext.errors").attr("OmpqValueError")).release();
+    PyErr_SetString(error.ptr(), message.c_str());
+    throw py::error_already_set();
+}
+
+ompq::Isa parse_isa(const std::string& name) {
+    if (name == "best") return ompq::Isa::best;
+    if (name == "generic") return ompq::Isa::generic;
+    if (name == "avx2") return ompq::Isa::avx2;
+    if (name == "avx512") return ompq::Isa::avx512;
+    fail("isa must be one of 'best', 'generic', 'avx2', 'avx512', got '" + name + "'");
+}
+
+ompq::Estimator parse_estimator(const std::string& name) {
+    if (name == "biased") return ompq::Estimator::biased;
+    if (name == "unbiased") return ompq::Estimator::unbiased;
+    fail("estimator must be 'biased' or 'unbiased', got '" + name + "'");
+}
+
+// The dtype of the features: numpy's own, except bfloat16, which numpy lacks and
+// which arrives as 16-bit integers with dtype="bf16".
+ompq::DType feature_dtype(const py::array& x, const std::string& dtype) {
+    const char kind = x.dtype().kind();
+    const auto size = x.itemsize();
+    if (dtype == "bf16") {
+        if ((kind == 'i' || kind == 'u') && size == 2) return ompq::DType::bf16;
+        fail("dtype='bf16' needs the features as a 16-bit integer view (tensor.view(torch.int16).numpy())");
+    }
+    if (dtype != "auto") fail("dtype must be 'auto' or 'bf16', got '" + dtype + "'");
+    if (kind == 'f' && size == 4) return ompq::DType::f32;
+    if (kind == 'f' && size == 2) return ompq::DType::f16;
+    if (kind == 'f' && size == 8) return ompq::DType::f64;
+    fail("features must be float32, float16, float64 or bfloat16 (as int16 with dtype='bf16'), got dtype '" +
+         std::string(py::str(x.dtype())) + "'");
+}
+
+py::array_t<double> checked_square(const py::array& k, py::ssize_t n, const char* name) {
+    if (!py::isinstance<py::array_t<double>>(k) || k.dtype().kind() != 'f' || k.itemsize() != 8)
+        fail(std::string(name) + " must be a float64 array");
+    if (k.ndim() != 2 || k.shape(0) != n || k.shape(1) != n)
+        fail(std::string(name) + " must have shape (" + std::to_string(n) + ", " + std::to_string(n) + ")");
+    if (!(k.flags() & py::array::c_style)) fail(std::string(name) + " must be C-contiguous");
+    return py::reinterpret_borrow<py::array_t<double>>(k);
+}
+
+void gram_accumulate(const py::array& x, py::array& k, const std::string& dtype, const std::string& isa,
+                     int num_threads) {
+    const ompq::DType dt = feature_dtype(x, dtype);
+    if (x.ndim() != 2) fail("features must be 2-D (samples × features), got " + std::to_string(x.ndim()) + "-D");
+    const py::ssize_t n = x.shape(0), d = x.shape(1), item = x.itemsize();
+    if (n < 1) fail("features must have at least one sample (row)");
+    if (x.strides(1) != item && d > 1) fail("each feature row must be contiguous (column stride == item size)");
+    if (x.strides(0) % item != 0 || x.strides(0) < 0 || (n > 1 && x.strides(0) / item < d))
+        fail("feature rows must not overlap and must be aligned to the item size");
+    if (!k.writeable()) fail("gram must be writable");
+    auto gram = checked_square(k, n, "gram");
+    if (num_threads < 0) fail("num_threads must be >= 0");
+    const std::size_t stride = n > 1 ? static_cast<std::size_t>(x.strides(0) / item) : static_cast<std::size_t>(d);
+    ompq::GramOptions options;
+    options.isa = parse_isa(isa);
+    options.num_threads = num_threads;
+    const void* data = x.data();
+    double* out = gram.mutable_data();
+    try {
+        py::gil_scoped_release release;
+        ompq::gram_accumulate(data, dt, static_cast<std::size_t>(n), static_cast<std::size_t>(d), stride, out,
+                              options);
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+}
+
+py::array_t<double> center_gram(const py::array& k, const std::string& estimator) {
+    if (k.ndim() != 2) fail("gram must be a 2-D square array");
+    const py::ssize_t n = k.shape(0);
+    auto gram = checked_square(k, n, "gram");
+    const ompq::Estimator est = parse_estimator(estimator);
+    py::array_t<double> out({n, n});
+    try {
+        ompq::center_gram(gram.data(), static_cast<std::size_t>(n), est, out.mutable_data());
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+    return out;
+}
+
+py::array_t<double> orm_matrix(const py::array& grams, const std::string& estimator, int num_threads) {
+    if (!py::isinstance<py::array_t<double>>(grams) || grams.dtype().kind() != 'f' || grams.itemsize() != 8)
+        fail("grams must be a float64 array");
+    if (grams.ndim() != 3 || grams.shape(1) != grams.shape(2))
+        fail("grams must have shape (layers, n, n)");
+    if (!(grams.flags() & py::array::c_style)) fail("grams must be C-contiguous");
+    const py::ssize_t L = grams.shape(0), n = grams.shape(1);
+    if (L < 1) fail("grams must hold at least one layer");
+    if (num_threads < 0) fail("num_threads must be >= 0");
+    const ompq::Estimator est = parse_estimator(estimator);
+    auto typed = py::reinterpret_borrow<py::array_t<double>>(grams);
+    py::array_t<double> out({L, L});
+    const double* in = typed.data();
+    double* o = out.mutable_data();
+    try {
+        py::gil_scoped_release release;
+        ompq::orm_matrix(in, static_cast<std::size_t>(L), static_cast<std::size_t>(n), est, o, num_threads);
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+    return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "ompq_ext C++ core: Gram accumulation and the ORM (linear CKA) matrix";
+    m.attr("__version__") = ompq::version;
+#ifdef _OPENMP
+    m.attr("openmp") = true;
+#else
+    m.attr("openmp") = false;
+#endif
+    m.def("gram_accumulate", &gram_accumulate, py::arg("x"), py::arg("gram"), py::arg("dtype") = "auto",
+          py::arg("isa") = "best", py::arg("num_threads") = 0,
+          "gram += x @ x.T in float64 for a 2-D float32/float16/float64 array x (bfloat16 as an int16 view "
+          "with dtype='bf16'); rows must be contiguous.");
+    m.def("center_gram", &center_gram, py::arg("gram"), py::arg("estimator") = "biased",
+          "The centred Gram: H K H ('biased') or the U-centred form ('unbiased').");
+    m.def("orm_matrix", &orm_matrix, py::arg("grams"), py::arg("estimator") = "biased",
+          py::arg("num_threads") = 0,
+          "Linear CKA between every pair of (layers, n, n) Grams from one product; NaN rows mark layers "
+          "whose centred Gram is zero.");
+    m.def("available_isas", &ompq::available_isas, "Instruction sets whose kernels run on this CPU.");
+    m.def("best_isa", &ompq::best_isa, "The instruction set used by default.");
+}

@@ -1,0 +1,157 @@
+// Gram accumulation driver: splits X into column chunks that stay in cache,
+// runs the widest tile kernel this CPU has over the upper-triangle 4 × 4 tiles
+// of each chunk, and adds every chunk's float32 tile sums to K in float64.
+//
+// Threads share the tiles of one chunk (an OpenMP `for` per chunk), so each
+// entry of K is summed over the chunks in the same order whatever the thread
+// count: results are bit-for-bit reproducible.
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "gram_kernels.hpp"
+#include "ompq/gram.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace ompq {
+namespace {
+
+std::size_t element_size(DType dtype) {
+    switch (dtype) {
+        case DType::f32: return 4;
+        case DType::f16:
+        case DType::bf16: return 2;
+        case DType::f64: return 8;
+    }
+    throw std::invalid_argument("unknown dtype");
+}
+
+struct CpuFeatures {
+    bool avx2 = false, avx512 = false, avx512_bf16 = false;
+};
+
+CpuFeatures cpu_features() {
+    CpuFeatures f;
+#if defined(OMPQ_HAVE_X86_KERNELS)
+    __builtin_cpu_init();
+    f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl");
+    f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
+#endif
+    return f;
+}
+
+Isa resolve(Isa requested) {
+    static const CpuFeatures f = cpu_features();
+    if (requested == Isa::best) return f.avx512 ? Isa::avx512 : f.avx2 ? Isa::avx2 : Isa::generic;
+    if (requested == Isa::avx2 && !f.avx2)
+        throw std::invalid_argument("this CPU (or this build) has no AVX2+FMA+F16C kernels");
+    if (requested == Isa::avx512 && !f.avx512)
+        throw std::invalid_argument("this CPU (or this build) has no AVX-512 (F, BW, VL) kernels");
+    return requested;
+}
+
+detail::TileKernel pick_kernel(DType dtype, Isa isa) {
+    static const CpuFeatures f = cpu_features();
+    detail::TileKernel kernel = nullptr;
+#if defined(OMPQ_HAVE_X86_KERNELS)
+    if (isa == Isa::avx512) kernel = detail::avx512_tile_kernel(dtype, f.avx512_bf16);
+    if (isa == Isa::avx2) kernel = detail::avx2_tile_kernel(dtype);
+#else
+    (void)f;
+    (void)isa;
+#endif
+    return kernel ? kernel : detail::generic_tile_kernel(dtype);
+}
+
+// Columns per chunk: all n rows of a chunk should fit in about 512 KiB of cache.
+std::size_t chunk_columns(std::size_t n, std::size_t bytes_per_element) {
+    const std::size_t budget = std::size_t{512} << 10;
+    std::size_t cols = budget / (n * bytes_per_element);
+    cols = std::clamp<std::size_t>(cols, 256, 4096);
+    return cols - cols % 32;
+}
+
+}  // namespace
+
+void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, std::size_t row_stride,
+                     double* k, const GramOptions& options) {
+    if (x == nullptr || k == nullptr) throw std::invalid_argument("gram_accumulate: null pointer");
+    if (n == 0) throw std::invalid_argument("gram_accumulate: n (number of samples) must be positive");
+    if (row_stride < d) throw std::invalid_argument("gram_accumulate: row_stride must be >= d");
+    if (d == 0) return;
+    const std::size_t esize = element_size(dtype);
+    const detail::TileKernel kernel = pick_kernel(dtype, resolve(options.isa));
+    const auto* base = static_cast<const unsigned char*>(x);
+
+    const std::size_t blocks = (n + 3) / 4;
+    std::vector<std::pair<std::size_t, std::size_t>> tiles;  // (row block, column block), row <= column
+    for (std::size_t i = 0; i < blocks; ++i)
+        for (std::size_t j = i; j < blocks; ++j) tiles.emplace_back(i, j);
+    const std::size_t chunk = chunk_columns(n, esize);
+
+    int threads = 1;
+#ifdef _OPENMP
+    threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
+    // Small problems do not repay starting a parallel region.
+    if (static_cast<double>(n) * n * d < 4e6 || tiles.size() < 2) threads = 1;
+#endif
+    const long num_tiles = static_cast<long>(tiles.size());
+    std::vector<double> upper(n * n, 0.0);  // this call's increments, upper triangle only
+    double* inc = upper.data();
+
+#pragma omp parallel num_threads(threads)
+    {
+        double sums[16];
+        for (std::size_t k0 = 0; k0 < d; k0 += chunk) {
+            const std::size_t len = std::min(chunk, d - k0);
+#pragma omp for schedule(static)
+            for (long t = 0; t < num_tiles; ++t) {
+                const std::size_t i0 = 4 * tiles[t].first, j0 = 4 * tiles[t].second;
+                // Rows past the end repeat the last row; their sums are discarded.
+                const void* a[4];
+                const void* b[4];
+                for (std::size_t r = 0; r < 4; ++r) {
+                    a[r] = base + (std::min(i0 + r, n - 1) * row_stride + k0) * esize;
+                    b[r] = base + (std::min(j0 + r, n - 1) * row_stride + k0) * esize;
+                }
+                kernel(a, b, len, sums);
+                for (std::size_t r = 0; r < 4; ++r)
+                    for (std::size_t c = 0; c < 4; ++c) {
+                        const std::size_t i = i0 + r, j = j0 + c;
+                        if (j < n && i <= j) inc[i * n + j] += sums[4 * r + c];
+                    }
+            }
+        }
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        k[i * n + i] += inc[i * n + i];
+        for (std::size_t j = i + 1; j < n; ++j) {
+            k[i * n + j] += inc[i * n + j];
+            k[j * n + i] += inc[i * n + j];
+        }
+    }
+}
+
+std::vector<std::string> available_isas() {
+    const CpuFeatures f = cpu_features();
+    std::vector<std::string> out{"generic"};
+    if (f.avx2) out.emplace_back("avx2");
+    if (f.avx512) out.emplace_back("avx512");
+    return out;
+}
+
+std::string best_isa() {
+    switch (resolve(Isa::best)) {
+        case Isa::avx512: return "avx512";
+        case Isa::avx2: return "avx2";
+        default: return "generic";
+    }
+}
+
+}  // namespace ompq

@@ -1,0 +1,32 @@
+"""The one exception family of ompq_ext.
+
+Every error says what was wrong, where (argument or layer name) and what to do.
+"""
+
+
+class OmpqError(Exception):
+    """Base class of every error raised by ompq_ext."""
+
+
+class OmpqValueError(OmpqError, ValueError):
+    """An argument has a bad value (unknown unit, empty bit set, bad shape...)."""
+
+
+class OmpqTypeError(OmpqError, TypeError):
+    """An argument has the wrong type (not a module, a batch of an unknown kind...)."""
+
+
+class InfeasibleBudgetError(OmpqValueError):
+    """No allocation satisfies the budget(s); the message names the smallest achievable value."""
+
+    def __init__(self, message, smallest=None):
+        super().__init__(message)
+        self.smallest = smallest
+
+
+class FeatureError(OmpqError):
+    """The feature pass failed (NaN/Inf features, too few samples, a layer never ran...)."""
+
+
+class PlanFileError(OmpqValueError):
+    """A plan file is malformed or does not match the model it is applied to."""
