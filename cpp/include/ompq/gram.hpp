@@ -4,7 +4,7 @@
 // passed as raw 16-bit patterns) or float64; K is float64. Products are summed
 // in float32 over chunks of at most a few thousand columns and every chunk's
 // partial sum is added to K in float64, so the rounding error grows with the
-// chunk length, not with d (see docs/DESIGN_NOTES.md for the accuracy test).
+// chunk length, not with d (docs/KERNELS.md gives the accuracy test).
 // The result does not depend on the number of threads.
 #pragma once
 
