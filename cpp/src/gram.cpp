@@ -2,9 +2,9 @@
 // runs the widest tile kernel this CPU has over the upper-triangle 4 × 4 tiles
 // of each chunk, and adds every chunk's float32 tile sums to K in float64.
 //
-// Threads share the tiles of one chunk (an OpenMP `for` per chunk), so each
-// entry of K is summed over the chunks in the same order whatever the thread
-// count: results are bit-for-bit reproducible.
+// Threads work on fixed slabs of chunks with no barrier between chunks; the
+// slab sums are added in a fixed order, so results are bit-for-bit the same
+// whatever the thread count.
 #include <algorithm>
 #include <stdexcept>
 #include <utility>
@@ -99,18 +99,23 @@ void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, s
 #ifdef _OPENMP
     threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
     // Small problems do not repay starting a parallel region.
-    if (static_cast<double>(n) * n * d < 4e6 || tiles.size() < 2) threads = 1;
+    if (static_cast<double>(n) * n * d < 4e6) threads = 1;
 #endif
+    // Fixed slabs of consecutive chunks, each summed into its own buffer and the
+    // buffers added in slab order: the result is the same for any thread count,
+    // and threads take slabs dynamically, so a descheduled thread stalls no one.
+    const std::size_t num_chunks = (d + chunk - 1) / chunk;
+    const std::size_t num_slabs = std::min<std::size_t>(num_chunks, 16);
+    std::vector<double> slabs(num_slabs * n * n, 0.0);  // upper triangles only
     const long num_tiles = static_cast<long>(tiles.size());
-    std::vector<double> upper(n * n, 0.0);  // this call's increments, upper triangle only
-    double* inc = upper.data();
 
-#pragma omp parallel num_threads(threads)
-    {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (long s = 0; s < static_cast<long>(num_slabs); ++s) {
+        double* acc = slabs.data() + s * n * n;
         double sums[16];
-        for (std::size_t k0 = 0; k0 < d; k0 += chunk) {
-            const std::size_t len = std::min(chunk, d - k0);
-#pragma omp for schedule(static)
+        const std::size_t first = s * num_chunks / num_slabs, last = (s + 1) * num_chunks / num_slabs;
+        for (std::size_t c = first; c < last; ++c) {
+            const std::size_t k0 = c * chunk, len = std::min(chunk, d - k0);
             for (long t = 0; t < num_tiles; ++t) {
                 const std::size_t i0 = 4 * tiles[t].first, j0 = 4 * tiles[t].second;
                 // Rows past the end repeat the last row; their sums are discarded.
@@ -122,13 +127,17 @@ void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, s
                 }
                 kernel(a, b, len, sums);
                 for (std::size_t r = 0; r < 4; ++r)
-                    for (std::size_t c = 0; c < 4; ++c) {
-                        const std::size_t i = i0 + r, j = j0 + c;
-                        if (j < n && i <= j) inc[i * n + j] += sums[4 * r + c];
+                    for (std::size_t q = 0; q < 4; ++q) {
+                        const std::size_t i = i0 + r, j = j0 + q;
+                        if (j < n && i <= j) acc[i * n + j] += sums[4 * r + q];
                     }
             }
         }
     }
+    std::vector<double> upper(n * n, 0.0);
+    double* inc = upper.data();
+    for (std::size_t s = 0; s < num_slabs; ++s)
+        for (std::size_t e = 0; e < n * n; ++e) inc[e] += slabs[s * n * n + e];
     for (std::size_t i = 0; i < n; ++i) {
         k[i * n + i] += inc[i * n + i];
         for (std::size_t j = i + 1; j < n; ++j) {

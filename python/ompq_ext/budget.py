@@ -1,0 +1,137 @@
+"""Budgets: parse what the user writes ("4.5MiB", "3.5bits", "75GBOPs", 0.15) and
+turn it into the exact integer constraint the solver takes.
+
+Units
+-----
+- size: ``B``, ``KB``/``MB``/``GB`` (powers of 1000), ``KiB``/``MiB``/``GiB``
+  (powers of 1024; the paper's "Mb" is MiB). Model size counts every parameter:
+  planned weights at their bits, everything else (biases, norms, layers left
+  out of the plan) at 32 bits. Buffers are not counted.
+- average bits: ``3.5bits`` (or ``3.5b``) -- mean bits per weight over the planned
+  layers (fixed-bit layers included); the other parameters stay at 32 bits and
+  do not enter the average.
+- fraction: a bare number in (0, 1] such as ``0.15`` -- that fraction of the
+  model's FP32 size.
+- BOPs: ``BOPs``, ``KBOPs``, ``MBOPs``, ``GBOPs``, ``TBOPs`` -- per input sample,
+  sum over planned layers of MACs x weight bits x activation bits.
+- a bare integer > 1 is a size in bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .errors import OmpqTypeError, OmpqValueError
+
+_SIZE_UNITS = {
+    "b": 1, "byte": 1, "bytes": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30,
+}
+_BOPS_UNITS = {"bops": 1, "kbops": 10**3, "mbops": 10**6, "gbops": 10**9, "tbops": 10**12}
+_BITS_UNITS = {"bits", "bit", "b/w", "bpw"}
+
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z/]*)\s*$")
+
+KINDS = ("size", "avg_bits", "fraction", "bops")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget. ``value`` is exact: bytes for size, bits for avg_bits, a
+    fraction of the FP32 size for fraction, BOPs per sample for bops."""
+
+    kind: str
+    value: Fraction
+    text: str
+
+    def describe(self) -> str:
+        v = float(self.value)
+        if self.kind == "size":
+            return f"{v / 2**20:.4f} MiB ({int(self.value)} bytes)"
+        if self.kind == "avg_bits":
+            return f"{v:g} bits per weight on average"
+        if self.kind == "fraction":
+            return f"{v:g} of the FP32 size"
+        return f"{v / 1e9:.4f} GBOPs per sample"
+
+    def size_limit_bits(self, *, planned_params: int, other_params: int) -> int | None:
+        """The model-size limit in bits this budget implies, or None for a BOPs budget."""
+        other_bits = 32 * other_params
+        if self.kind == "size":
+            return math.floor(self.value * 8)
+        if self.kind == "avg_bits":
+            return math.floor(self.value * planned_params) + other_bits
+        if self.kind == "fraction":
+            return math.floor(self.value * 32 * (planned_params + other_params))
+        return None
+
+    def bops_limit(self) -> int | None:
+        return math.floor(self.value) if self.kind == "bops" else None
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "value": str(self.value), "text": self.text}
+
+
+def parse_budget(spec) -> Budget:
+    """Parse one budget: a string with a unit, a float fraction in (0, 1], or an int of bytes."""
+    if isinstance(spec, Budget):
+        return spec
+    if isinstance(spec, bool) or not isinstance(spec, (str, int, float)):
+        raise OmpqTypeError(
+            f"budget must be a string such as '4.5MiB', '3.5bits', '0.15' or '75GBOPs', or a number; "
+            f"got {type(spec).__name__}"
+        )
+    text = str(spec)
+    if isinstance(spec, float) and not math.isfinite(spec):
+        raise OmpqValueError(f"budget must be finite, got {spec}")
+    match = _PATTERN.match(text)
+    if not match:
+        raise OmpqValueError(
+            f"cannot read budget {text!r}: write a number with a unit, e.g. '4.5MiB', '5MB', '3.5bits', "
+            f"'75GBOPs', or a fraction of the FP32 size such as '0.15'"
+        )
+    number, unit = Fraction(match.group(1)), match.group(2).lower()
+    if number <= 0:
+        raise OmpqValueError(f"budget {text!r} must be positive")
+    if unit == "":
+        if number <= 1:
+            return Budget("fraction", number, text)
+        if number.denominator != 1:
+            raise OmpqValueError(
+                f"budget {text!r}: a bare number above 1 means bytes and must be whole; "
+                f"add a unit such as 'MiB' or 'bits', or give a fraction in (0, 1]"
+            )
+        return Budget("size", number, text)
+    if unit in _SIZE_UNITS:
+        return Budget("size", number * _SIZE_UNITS[unit], text)
+    if unit in _BOPS_UNITS:
+        return Budget("bops", number * _BOPS_UNITS[unit], text)
+    if unit in _BITS_UNITS:
+        if number > 32:
+            raise OmpqValueError(f"budget {text!r}: average bits per weight must be at most 32")
+        return Budget("avg_bits", number, text)
+    raise OmpqValueError(
+        f"unknown budget unit {match.group(2)!r} in {text!r}; use one of "
+        f"B, KB, MB, GB, KiB, MiB, GiB (size), bits (average bits per weight), "
+        f"BOPs, KBOPs, MBOPs, GBOPs, TBOPs, or a bare fraction of the FP32 size"
+    )
+
+
+def parse_budgets(spec) -> list[Budget]:
+    """A single budget or a list/tuple of them; at most one size-type and one BOPs budget."""
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not items:
+        raise OmpqValueError("budget is empty: give at least one, e.g. budget='4.5MiB'")
+    budgets = [parse_budget(s) for s in items]
+    if sum(b.kind != "bops" for b in budgets) > 1:
+        raise OmpqValueError(
+            "give at most one size budget (MiB/MB/bytes, bits or fraction) and at most one BOPs budget; "
+            f"got {[b.text for b in budgets]}"
+        )
+    if sum(b.kind == "bops" for b in budgets) > 1:
+        raise OmpqValueError(f"give at most one BOPs budget; got {[b.text for b in budgets]}")
+    return budgets

@@ -1,0 +1,177 @@
+"""The ``ompq-ext`` command.
+
+    ompq-ext plan  MODEL --data DATA --budget 4.5MiB [-o plan.json] [--weights W]
+    ompq-ext report plan.json
+
+MODEL is ``package.module:factory`` (a callable returning an nn.Module, or an
+nn.Module object). DATA is a ``.pt`` file (a tensor, or a tuple/list/dict of
+tensors: one batch), an ``.npz`` file (its first array, or --data-key), or
+``package.module:callable`` returning a loader, a list of batches or a tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import OmpqError, OmpqTypeError, OmpqValueError
+from .plan import Plan, plan
+
+
+def _import_object(spec: str, what: str):
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise OmpqValueError(f"{what} must look like 'package.module:name', got {spec!r}")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # let users name modules in the current directory, as `python -m` does
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise OmpqValueError(f"cannot import module {module_name!r} for {what}: {e}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise OmpqValueError(f"module {module_name!r} has no attribute {attr!r} (for {what})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_model(spec: str, weights: str | None) -> nn.Module:
+    obj = _import_object(spec, "the model")
+    model = obj if isinstance(obj, nn.Module) else obj() if callable(obj) else None
+    if not isinstance(model, nn.Module):
+        raise OmpqTypeError(f"{spec!r} gave {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise OmpqValueError(f"weights file {weights!r} does not exist") from None
+        except Exception as e:  # torch raises many kinds for a bad or unsafe file
+            raise OmpqValueError(f"cannot load weights {weights!r} as a state dict: {e}") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise OmpqValueError(f"weights file {weights!r} holds {type(state).__name__}, not a state dict")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise OmpqValueError(f"weights {weights!r} do not fit the model {spec!r}: {e}") from None
+    return model
+
+
+def load_data(spec: str, key: str | None = None):
+    path = Path(spec)
+    if path.suffix == ".pt":
+        if not path.exists():
+            raise OmpqValueError(f"data file {spec!r} does not exist")
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return [data]
+    if path.suffix == ".npz":
+        if not path.exists():
+            raise OmpqValueError(f"data file {spec!r} does not exist")
+        with np.load(path) as arrays:
+            names = list(arrays.keys())
+            if not names:
+                raise OmpqValueError(f"data file {spec!r} holds no arrays")
+            if key is not None and key not in names:
+                raise OmpqValueError(f"data file {spec!r} has no array {key!r}; it has {names}")
+            return [torch.from_numpy(np.array(arrays[key or names[0]]))]
+    if ":" in spec:
+        obj = _import_object(spec, "the data")
+        return obj() if callable(obj) else obj
+    raise OmpqValueError(f"--data must be a .pt or .npz file or 'package.module:callable', got {spec!r}")
+
+
+def _bits_arg(text: str) -> list[int]:
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-"))
+            return list(range(lo, hi + 1))
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bits must look like '2-8' or '2,4,8', got {text!r}") from None
+
+
+def _fixed_arg(text: str) -> tuple[str, int]:
+    name, sep, value = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--fixed takes NAME=BITS (NAME may be a glob), got {text!r}")
+    try:
+        return name, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fixed {text!r}: BITS must be an integer") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ompq-ext", description="OMPQ mixed-precision planning for PyTorch models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="plan weight bits for a model from one batch")
+    p.add_argument("model", help="package.module:factory returning an nn.Module")
+    p.add_argument("--weights", help="state dict file (loaded with weights_only=True)")
+    p.add_argument("--data", required=True, help=".pt / .npz tensor file or package.module:callable")
+    p.add_argument("--data-key", help="array name inside an .npz file")
+    p.add_argument("--budget", required=True, action="append",
+                   help="4.5MiB | 5MB | 3.5bits | 0.15 | 75GBOPs; repeat for a size and a BOPs budget")
+    p.add_argument("-o", "--output", help="write the plan as JSON here")
+    p.add_argument("--bits", type=_bits_arg, default=list(range(2, 9)), help="choices, e.g. 2-8 or 2,4,8")
+    p.add_argument("--act-bits", type=int, default=8, help="activation bits for BOPs (default 8)")
+    p.add_argument("--fixed", type=_fixed_arg, action="append", default=[], metavar="NAME=BITS",
+                   help="fix a layer's bits (NAME may be a glob); repeatable")
+    p.add_argument("--include", action="append", help="plan only layers matching this glob; repeatable")
+    p.add_argument("--exclude", action="append", help="leave out layers matching this glob; repeatable")
+    p.add_argument("--num-samples", type=int, default=32)
+    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--objective", choices=["suffix_mean", "layer"], default="suffix_mean")
+    p.add_argument("--estimator", choices=["biased", "unbiased"], default="biased")
+    p.add_argument("--bn-mode", choices=["eval", "batch"], default="eval")
+    p.add_argument("--time-limit", type=float, default=30.0, help="solver time limit in seconds")
+    p.add_argument("--quiet", action="store_true", help="no progress display and no summary")
+
+    r = sub.add_parser("report", help="print the summary of a saved plan")
+    r.add_argument("plan", help="plan JSON file")
+    return parser
+
+
+def _cmd_plan(args) -> int:
+    model = load_model(args.model, args.weights)
+    data = load_data(args.data, args.data_key)
+    result = plan(
+        model, data, args.budget if len(args.budget) > 1 else args.budget[0],
+        bits=args.bits, act_bits=args.act_bits, fixed_bits=dict(args.fixed), include=args.include,
+        exclude=args.exclude, num_samples=args.num_samples, beta=args.beta, objective=args.objective,
+        estimator=args.estimator, bn_mode=args.bn_mode, time_limit_s=args.time_limit,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(result.summary())
+    if args.output:
+        result.save(args.output)
+        if not args.quiet:
+            print(f"plan written to {args.output}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    print(Plan.load(args.plan).summary())
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"plan": _cmd_plan, "report": _cmd_report}
+    try:
+        return commands[args.command](args)
+    except OmpqError as e:
+        print(f"ompq-ext: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The feature pass: one forward of N samples with hooks that fold each
+layer's output into its N x N Gram matrix (through the C++ core) while the
+forward runs, then drop the tensor. Memory is O(L N^2), not O(sum N d_i).
+
+Also here: gathering N samples from a loader into one batch, and the guard that
+leaves the user's model exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _core
+from .errors import FeatureError, OmpqTypeError, OmpqValueError
+from .layers import Layer
+
+# ---------------------------------------------------------------- batches
+
+
+def _first_tensor(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, Mapping):
+        for v in obj.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _default_input(batch):
+    """(args, kwargs) for the model from a batch: a tensor is the input, a
+    tuple/list is (inputs, targets, ...) so its first item is the input, a dict
+    is passed as keyword arguments."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,), {}
+    if isinstance(batch, (list, tuple)) and batch:
+        return (batch[0],), {}
+    if isinstance(batch, Mapping):
+        return (), dict(batch)
+    raise OmpqTypeError(
+        f"cannot feed a batch of type {type(batch).__name__} to the model: batches must be tensors, "
+        f"(inputs, targets) tuples or dicts; pass input_fn=... to turn a batch into model inputs"
+    )
+
+
+def _as_call(inputs):
+    """input_fn may return a tensor, a tuple of positional args, a dict of kwargs, or (args, kwargs)."""
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), {}
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if (isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], tuple)
+            and isinstance(inputs[1], Mapping)):
+        return inputs[0], dict(inputs[1])
+    if isinstance(inputs, (list, tuple)):
+        return tuple(inputs), {}
+    raise OmpqTypeError(
+        f"input_fn returned {type(inputs).__name__}; return a tensor, a tuple of positional arguments, "
+        f"a dict of keyword arguments, or (args, kwargs)"
+    )
+
+
+def _concat(parts):
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts, dim=0)
+    if isinstance(first, Mapping):
+        return {k: _concat([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+    if all(p == first for p in parts):  # a constant argument such as a flag
+        return first
+    raise OmpqTypeError(
+        f"cannot join batches holding {type(first).__name__} values; pass input_fn=... returning tensors"
+    )
+
+
+def _take(obj, n):
+    if isinstance(obj, torch.Tensor):
+        return obj[:n]
+    if isinstance(obj, Mapping):
+        return {k: _take(v, n) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_take(v, n) for v in obj)
+    return obj
+
+
+def gather_samples(loader, num_samples: int, input_fn=None):
+    """Draw batches until ``num_samples`` samples are in hand and join them into
+    one model call (args, kwargs) of exactly that many samples. The Gram needs
+    every pair of samples, so they must go through the model together."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise OmpqValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+    if isinstance(loader, torch.Tensor):
+        loader = [loader]
+    try:
+        iterator = iter(loader)
+    except TypeError:
+        raise OmpqTypeError(
+            f"loader must be iterable (a DataLoader, a list of batches or a tensor), got {type(loader).__name__}"
+        ) from None
+    calls, have = [], 0
+    for batch in iterator:
+        args, kwargs = _as_call(input_fn(batch)) if input_fn is not None else _default_input(batch)
+        first = _first_tensor((args, kwargs))
+        if first is None or first.dim() == 0:
+            raise OmpqTypeError("a batch holds no tensor with a batch dimension; pass input_fn=...")
+        calls.append((args, kwargs))
+        have += first.shape[0]
+        if have >= num_samples:
+            break
+    if have == 0:
+        raise OmpqValueError("the loader yielded no samples; give it at least num_samples inputs")
+    if have < num_samples:
+        raise OmpqValueError(
+            f"the loader yielded only {have} samples but num_samples={num_samples}; "
+            f"give more data or lower num_samples"
+        )
+    args, kwargs = _concat([c[0] for c in calls]), _concat([c[1] for c in calls])
+    return _take(args, num_samples), _take(kwargs, num_samples)
+
+
+# ---------------------------------------------------------------- the model guard
+
+
+@contextlib.contextmanager
+def untouched(model: nn.Module):
+    """Restore every buffer's values and every module's train/eval flag on exit,
+    also when the body raises. (Hooks are removed by their owner.)"""
+    flags = [(m, m.training) for m in model.modules()]
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
+        for m, flag in flags:
+            m.training = flag  # per module: train() would also reset the children
+
+
+# ---------------------------------------------------------------- the Gram hooks
+
+
+def _gram_operands(flat: torch.Tensor):
+    """A 2-D CPU tensor as (numpy array, dtype tag) for the core, converting only what it cannot read."""
+    if flat.device.type != "cpu":
+        flat = flat.cpu()  # CUDA kernels land with the CUDA issue; until then Grams are formed on the CPU
+    if flat.dtype == torch.bfloat16:
+        return flat.view(torch.int16).numpy(), "bf16"
+    if flat.dtype not in (torch.float32, torch.float16, torch.float64):
+        flat = flat.float()
+    return flat.numpy(), "auto"
+
+
+def _flatten_samples(out: torch.Tensor, n: int) -> torch.Tensor:
+    """N x d view of a layer output; the Gram ignores the order of features, so a
+    channels-last tensor is read in its memory order without a copy."""
+    if out.dim() == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
+        out = out.permute(0, 2, 3, 1)
+    flat = out.reshape(n, -1)
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    return flat
+
+
+class GramCollector:
+    """Forward hooks on the planned layers. Each call of a layer adds X Xᵀ of its
+    output (flattened per sample) to the layer's Gram; a layer called twice has
+    its features concatenated, which the Gram's additivity makes exact."""
+
+    def __init__(self, layers: list[Layer], num_samples: int, *, num_threads: int = 0, progress=None):
+        self.layers = layers
+        self.n = num_samples
+        self.num_threads = num_threads
+        self.progress = progress
+        self.grams = np.zeros((len(layers), num_samples, num_samples))
+        self.calls = [0] * len(layers)
+        self.macs = [0] * len(layers)
+        self.order: list[int] = []  # layer indices in the order they first ran
+        self.error: Exception | None = None
+        self._handles = []
+
+    def __enter__(self):
+        for i, layer in enumerate(self.layers):
+            self._handles.append(layer.module.register_forward_hook(self._hook(i)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return False
+
+    def _hook(self, i):
+        layer = self.layers[i]
+
+        def hook(module, inputs, output):
+            out = _first_tensor(output)
+            if out is None or not out.is_floating_point():
+                raise FeatureError(f"layer {layer.name!r} returned no floating-point tensor; exclude it")
+            if out.dim() == 0 or out.shape[0] != self.n:
+                raise FeatureError(
+                    f"layer {layer.name!r} output has shape {tuple(out.shape)}, whose first dimension is not the "
+                    f"{self.n} samples; exclude the layer or pass input_fn so the batch dimension comes first"
+                )
+            flat = _flatten_samples(out.detach(), self.n)
+            array, tag = _gram_operands(flat)
+            _core.gram_accumulate(array, self.grams[i], dtype=tag, num_threads=self.num_threads)
+            diagonal = np.diagonal(self.grams[i])
+            if not np.all(np.isfinite(diagonal)):
+                raise FeatureError(
+                    f"layer {layer.name!r} produced NaN or Inf features (or their squares overflow); "
+                    f"check the model and its inputs, or exclude the layer"
+                )
+            # MACs per sample: output elements x weight elements per output channel.
+            weight = module.weight
+            self.macs[i] += (out[0].numel()) * (weight.numel() // weight.shape[0])
+            if self.calls[i] == 0:
+                self.order.append(i)
+                if self.progress is not None:
+                    self.progress.update(1)
+            self.calls[i] += 1
+
+        return hook

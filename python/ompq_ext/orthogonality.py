@@ -1,0 +1,65 @@
+"""The ORM matrix and the importance of each layer (METHOD.md steps 3 and 4).
+
+ORM(i, j) is linear CKA between the features of layers i and j, computed by
+the core from their Gram matrices with one product. gamma_i is the row sum
+without the diagonal; theta_i = exp(-beta * gamma_i). theta is kept in the log
+domain and normalised so its largest value is 1 -- with the reference's beta
+(10 or 100) raw theta underflows, and an exact solver only needs the ratios.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from .errors import FeatureError, OmpqValueError
+
+ESTIMATORS = ("biased", "unbiased")
+OBJECTIVES = ("suffix_mean", "layer")
+
+
+def orm_matrix(grams: np.ndarray, names: list[str], estimator: str = "biased", num_threads: int = 0) -> np.ndarray:
+    """L x L linear-CKA matrix from (L, N, N) Grams; a layer whose features do not
+    vary across the samples has no CKA and is reported by name."""
+    if estimator not in ESTIMATORS:
+        raise OmpqValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    n = grams.shape[1]
+    if estimator == "unbiased" and n < 4:
+        raise OmpqValueError(f"the unbiased estimator needs at least 4 samples, got num_samples={n}")
+    orm = _core.orm_matrix(np.ascontiguousarray(grams, dtype=np.float64), estimator, num_threads)
+    bad = [names[i] for i in range(len(names)) if np.isnan(orm[i, i])]
+    if bad:
+        raise FeatureError(
+            f"layer(s) {', '.join(repr(b) for b in bad)} gave the same features for every sample, so their "
+            f"orthogonality is undefined; exclude them or use more varied samples"
+        )
+    return orm
+
+
+def importance(orm: np.ndarray) -> np.ndarray:
+    """gamma_i = sum over j != i of ORM(i, j)."""
+    return orm.sum(axis=1) - np.diagonal(orm)
+
+
+def log_theta(gamma: np.ndarray, beta: float) -> np.ndarray:
+    """log(theta_i / max theta) = -beta * (gamma_i - min gamma): never underflows."""
+    if not np.isfinite(beta) or beta <= 0:
+        raise OmpqValueError(f"beta must be a positive finite number, got {beta!r}")
+    return -beta * (gamma - gamma.min())
+
+
+def objective_weights(log_theta_values: np.ndarray, objective: str = "suffix_mean") -> np.ndarray:
+    """Weights of the allocation objective, in the layers' execution order, largest 1.
+
+    ``"layer"``: theta_i alone. ``"suffix_mean"`` (the reference code): the mean of
+    theta over layer i and every later layer.
+    """
+    if objective not in OBJECTIVES:
+        raise OmpqValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    theta = np.exp(log_theta_values)  # in (0, 1], max exactly 1
+    if objective == "layer":
+        weights = theta
+    else:
+        suffix_sums = np.cumsum(theta[::-1])[::-1]
+        weights = suffix_sums / np.arange(len(theta), 0, -1)
+    return weights / weights.max()

