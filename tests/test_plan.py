@@ -232,7 +232,7 @@ def test_model_restored_when_the_forward_raises_midway():
     model = Exploding()
     model.train()
     before = snapshot(model)
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(FeatureError, match="forward pass failed.*boom"):
         ompq_ext.plan(model, [torch.randn(16, 1, 8)], "4bits", bn_mode="batch", num_samples=16,
                       progress=False)
     assert_same(before, snapshot(model))
@@ -289,6 +289,11 @@ def test_bad_input_raises_a_named_error(kwargs, error, match):
     with pytest.raises(error, match=match):
         ompq_ext.plan(model, loader, budget, progress=False, **args)
     assert_same(before, snapshot(model))
+
+
+def test_batches_that_do_not_fit_the_model():
+    with pytest.raises(FeatureError, match="forward pass failed.*input_fn"):
+        ompq_ext.plan(mlp(6, (8,), 2), [torch.randn(40, 7)], "4bits", progress=False)
 
 
 def test_model_without_quantizable_layers():

@@ -4,10 +4,12 @@ turn it into the exact integer constraint the solver takes.
 Units
 -----
 - size: ``B``, ``KB``/``MB``/``GB`` (powers of 1000), ``KiB``/``MiB``/``GiB``
-  (powers of 1024; the paper's "Mb" is MiB). Model size counts every parameter:
+  (powers of 1024; the paper's "Mb" is MiB). Units are case-insensitive, but a
+  capitalised prefix with a lowercase ``b`` ("Mb", "Kib") could mean bits or
+  bytes and is refused. Model size counts every parameter:
   planned weights at their bits, everything else (biases, norms, layers left
   out of the plan) at 32 bits. Buffers are not counted.
-- average bits: ``3.5bits`` (or ``3.5b``) -- mean bits per weight over the planned
+- average bits: ``3.5bits`` -- mean bits per weight over the planned
   layers (fixed-bit layers included); the other parameters stay at 32 bits and
   do not enter the average.
 - fraction: a bare number in (0, 1] such as ``0.15`` -- that fraction of the
@@ -107,6 +109,12 @@ def parse_budget(spec) -> Budget:
             )
         return Budget("size", number, text)
     if unit in _SIZE_UNITS:
+        written = match.group(2)
+        if written.endswith("b") and written != written.lower():  # "Mb", "Kib": the SI bit symbol
+            raise OmpqValueError(
+                f"budget {text!r}: {match.group(2)!r} could mean bits or bytes; write MiB (the paper's 'Mb'), "
+                f"MB or bytes for a size, or 'bits' for an average bit-width"
+            )
         return Budget("size", number * _SIZE_UNITS[unit], text)
     if unit in _BOPS_UNITS:
         return Budget("bops", number * _BOPS_UNITS[unit], text)

@@ -44,7 +44,7 @@ def _import_object(spec: str, what: str):
 
 def load_model(spec: str, weights: str | None) -> nn.Module:
     obj = _import_object(spec, "the model")
-    model = obj if isinstance(obj, nn.Module) else obj() if callable(obj) else None
+    model = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
     if not isinstance(model, nn.Module):
         raise OmpqTypeError(f"{spec!r} gave {type(model).__name__}, not a torch.nn.Module")
     if weights:
@@ -61,16 +61,33 @@ def load_model(spec: str, weights: str | None) -> nn.Module:
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise OmpqValueError(f"weights {weights!r} do not fit the model {spec!r}: {e}") from None
+            details = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            raise OmpqValueError(f"weights {weights!r} do not fit the model {spec!r}: {details}") from None
     return model
 
 
+def _check_batch(obj, spec):
+    """A .pt batch must be a tensor or a tuple/list/dict of tensors."""
+    if isinstance(obj, torch.Tensor):
+        return
+    children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else None
+    if not children or not all(isinstance(c, torch.Tensor) for c in children):
+        raise OmpqValueError(
+            f"data file {spec!r} holds {type(obj).__name__}; save one batch: a tensor, or a tuple/list/dict of tensors"
+        )
+
+
 def load_data(spec: str, key: str | None = None):
+    """Float arrays from .npz files become float32, numpy's float64 default being rarely what a model takes."""
     path = Path(spec)
     if path.suffix == ".pt":
         if not path.exists():
             raise OmpqValueError(f"data file {spec!r} does not exist")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many kinds for a bad or unsafe file
+            raise OmpqValueError(f"cannot load data file {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        _check_batch(data, spec)
         return [data]
     if path.suffix == ".npz":
         if not path.exists():
@@ -81,7 +98,10 @@ def load_data(spec: str, key: str | None = None):
                 raise OmpqValueError(f"data file {spec!r} holds no arrays")
             if key is not None and key not in names:
                 raise OmpqValueError(f"data file {spec!r} has no array {key!r}; it has {names}")
-            return [torch.from_numpy(np.array(arrays[key or names[0]]))]
+            array = np.array(arrays[key or names[0]])
+            if array.dtype.kind == "f":
+                array = array.astype(np.float32)
+            return [torch.from_numpy(array)]
     if ":" in spec:
         obj = _import_object(spec, "the data")
         return obj() if callable(obj) else obj

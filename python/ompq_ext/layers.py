@@ -50,16 +50,21 @@ def _matches(name: str, module: nn.Module, selectors) -> bool:
     return False
 
 
-def _as_selectors(value, argument: str) -> list:
+def _as_selectors(value, argument: str, *, names: bool = True) -> list:
+    """A selector or a collection of them: glob patterns (when ``names``) and module types."""
+    what = "layer names (glob patterns such as 'layer1.*') or module types" if names else "module types"
     if value is None:
         return []
-    items = [value] if isinstance(value, (str, type)) else list(value)
+    if isinstance(value, (str, type)):
+        items = [value]
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise OmpqTypeError(f"{argument} takes {what}; got {value!r}") from None
     for s in items:
-        if not isinstance(s, (str, type)):
-            raise OmpqTypeError(
-                f"{argument} takes layer names (glob patterns such as 'layer1.*') or module types; "
-                f"got {s!r}"
-            )
+        if not (isinstance(s, type) or names and isinstance(s, str)):
+            raise OmpqTypeError(f"{argument} takes {what}; got {s!r}")
     return items
 
 
@@ -73,7 +78,7 @@ def find_layers(model: nn.Module, *, include=None, exclude=None, layer_types=())
     """
     if not isinstance(model, nn.Module):
         raise OmpqTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    types = DEFAULT_LAYER_TYPES + tuple(_as_selectors(layer_types, "layer_types"))
+    types = DEFAULT_LAYER_TYPES + tuple(_as_selectors(layer_types, "layer_types", names=False))
     includes = _as_selectors(include, "include")
     excludes = _as_selectors(exclude, "exclude")
     named = list(model.named_modules())

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import __version__
 from .budget import Budget, parse_budgets
-from .errors import FeatureError, OmpqTypeError, OmpqValueError, PlanFileError
+from .errors import FeatureError, OmpqError, OmpqTypeError, OmpqValueError, PlanFileError
 from .features import GramCollector, gather_samples, untouched
 from .layers import count_parameters, find_layers, group_layers
 from .orthogonality import ESTIMATORS, OBJECTIVES, importance, log_theta, objective_weights, orm_matrix
@@ -140,9 +140,11 @@ class Plan:
     @classmethod
     def load(cls, path) -> "Plan":
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise PlanFileError(f"cannot read plan file {str(path)!r}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise PlanFileError(f"plan file {str(path)!r} is not text (a binary file?); give a plan JSON") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -217,10 +219,17 @@ def _plan_from_json(data, source="plan") -> Plan:
         for key, kind in (("name", str), ("layers", list), ("params", int), ("bits", int), ("fixed", bool)):
             need(g, key, kind, f"groups[{i}]")
     by_name = {x.name: x for x in layers}
+    covered = []
     for g in groups:
         for member in g["layers"]:
-            if member not in by_name or by_name[member].bits != g["bits"]:
+            if not isinstance(member, str) or member not in by_name:
+                raise PlanFileError(f"{source}: group {g['name']!r} lists {member!r}, which is not a planned layer")
+            layer = by_name[member]
+            if layer.bits != g["bits"] or layer.group != g["name"]:
                 raise PlanFileError(f"{source}: group {g['name']!r} and its layer {member!r} disagree")
+            covered.append(member)
+    if sorted(covered) != sorted(names):
+        raise PlanFileError(f"{source}: the groups do not list every planned layer exactly once")
     return Plan(
         layers=layers, groups=groups, orm=orm,
         totals=need(data, "totals", dict, "plan"), budgets=need(data, "budgets", list, "plan"),
@@ -357,7 +366,15 @@ def plan(
                 for m in model.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.train()
-            model(*args, **kwargs)
+            try:
+                model(*args, **kwargs)
+            except OmpqError:
+                raise
+            except Exception as e:
+                raise FeatureError(
+                    f"the model's forward pass failed on the loader's samples ({type(e).__name__}: {e}); "
+                    f"check that the batches fit the model, or pass input_fn=..."
+                ) from e
     timing["features"] = time.perf_counter() - t
 
     ran = collector.order
