@@ -2,6 +2,7 @@
 
     ompq-ext plan  MODEL --data DATA --budget 4.5MiB [-o plan.json] [--weights W]
     ompq-ext report plan.json
+    ompq-ext demo
 
 MODEL is ``package.module:factory`` (a callable returning an nn.Module, or an
 nn.Module object). DATA is a ``.pt`` file (a tensor, or a tuple/list/dict of
@@ -156,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="print the summary of a saved plan")
     r.add_argument("plan", help="plan JSON file")
+
+    sub.add_parser("demo", help="plan the bundled MNIST-1D model at three budgets (no network needed)")
     return parser
 
 
@@ -183,9 +186,16 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from .demo import run
+
+    run()
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"plan": _cmd_plan, "report": _cmd_report}
+    commands = {"plan": _cmd_plan, "report": _cmd_report, "demo": _cmd_demo}
     try:
         return commands[args.command](args)
     except OmpqError as e:
