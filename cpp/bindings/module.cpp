@@ -41,6 +41,8 @@ ompq::Estimator parse_estimator(const std::string& name) {
 // The dtype of the features: numpy's own, except bfloat16, which numpy lacks and
 // which arrives as 16-bit integers with dtype="bf16".
 ompq::DType feature_dtype(const py::array& x, const std::string& dtype) {
+    if (!x.dtype().attr("isnative").cast<bool>())
+        fail("features must be in the machine's byte order (use x.astype(x.dtype.newbyteorder('=')))");
     const char kind = x.dtype().kind();
     const auto size = x.itemsize();
     if (dtype == "bf16") {
@@ -55,8 +57,19 @@ ompq::DType feature_dtype(const py::array& x, const std::string& dtype) {
          std::string(py::str(x.dtype())) + "'");
 }
 
+// The arguments arrive as plain objects so that a list or a scalar gets our error, not pybind11's.
+py::array as_array(const py::object& obj, const char* name) {
+    if (!py::isinstance<py::array>(obj))
+        fail(std::string(name) + " must be a numpy array, got " + std::string(py::str(py::type::of(obj).attr("__name__"))));
+    return py::reinterpret_borrow<py::array>(obj);
+}
+
+void check_threads(int num_threads) {
+    if (num_threads < 0 || num_threads > 4096) fail("num_threads must be in 0..4096 (0: the OpenMP default)");
+}
+
 py::array_t<double> checked_square(const py::array& k, py::ssize_t n, const char* name) {
-    if (!py::isinstance<py::array_t<double>>(k) || k.dtype().kind() != 'f' || k.itemsize() != 8)
+    if (!k.dtype().attr("isnative").cast<bool>() || k.dtype().kind() != 'f' || k.itemsize() != 8)
         fail(std::string(name) + " must be a float64 array");
     if (k.ndim() != 2 || k.shape(0) != n || k.shape(1) != n)
         fail(std::string(name) + " must have shape (" + std::to_string(n) + ", " + std::to_string(n) + ")");
@@ -64,8 +77,10 @@ py::array_t<double> checked_square(const py::array& k, py::ssize_t n, const char
     return py::reinterpret_borrow<py::array_t<double>>(k);
 }
 
-void gram_accumulate(const py::array& x, py::array& k, const std::string& dtype, const std::string& isa,
-                     int num_threads) {
+void gram_accumulate(const py::object& x_obj, const py::object& k_obj, const std::string& dtype,
+                     const std::string& isa, int num_threads) {
+    const py::array x = as_array(x_obj, "features");
+    py::array k = as_array(k_obj, "gram");
     const ompq::DType dt = feature_dtype(x, dtype);
     if (x.ndim() != 2) fail("features must be 2-D (samples × features), got " + std::to_string(x.ndim()) + "-D");
     const py::ssize_t n = x.shape(0), d = x.shape(1), item = x.itemsize();
@@ -75,7 +90,7 @@ void gram_accumulate(const py::array& x, py::array& k, const std::string& dtype,
         fail("feature rows must not overlap and must be aligned to the item size");
     if (!k.writeable()) fail("gram must be writable");
     auto gram = checked_square(k, n, "gram");
-    if (num_threads < 0) fail("num_threads must be >= 0");
+    check_threads(num_threads);
     const std::size_t stride = n > 1 ? static_cast<std::size_t>(x.strides(0) / item) : static_cast<std::size_t>(d);
     ompq::GramOptions options;
     options.isa = parse_isa(isa);
@@ -91,7 +106,8 @@ void gram_accumulate(const py::array& x, py::array& k, const std::string& dtype,
     }
 }
 
-py::array_t<double> center_gram(const py::array& k, const std::string& estimator) {
+py::array_t<double> center_gram(const py::object& k_obj, const std::string& estimator) {
+    const py::array k = as_array(k_obj, "gram");
     if (k.ndim() != 2) fail("gram must be a 2-D square array");
     const py::ssize_t n = k.shape(0);
     auto gram = checked_square(k, n, "gram");
@@ -105,15 +121,16 @@ py::array_t<double> center_gram(const py::array& k, const std::string& estimator
     return out;
 }
 
-py::array_t<double> orm_matrix(const py::array& grams, const std::string& estimator, int num_threads) {
-    if (!py::isinstance<py::array_t<double>>(grams) || grams.dtype().kind() != 'f' || grams.itemsize() != 8)
+py::array_t<double> orm_matrix(const py::object& grams_obj, const std::string& estimator, int num_threads) {
+    const py::array grams = as_array(grams_obj, "grams");
+    if (!grams.dtype().attr("isnative").cast<bool>() || grams.dtype().kind() != 'f' || grams.itemsize() != 8)
         fail("grams must be a float64 array");
     if (grams.ndim() != 3 || grams.shape(1) != grams.shape(2))
         fail("grams must have shape (layers, n, n)");
     if (!(grams.flags() & py::array::c_style)) fail("grams must be C-contiguous");
     const py::ssize_t L = grams.shape(0), n = grams.shape(1);
     if (L < 1) fail("grams must hold at least one layer");
-    if (num_threads < 0) fail("num_threads must be >= 0");
+    check_threads(num_threads);
     const ompq::Estimator est = parse_estimator(estimator);
     auto typed = py::reinterpret_borrow<py::array_t<double>>(grams);
     py::array_t<double> out({L, L});

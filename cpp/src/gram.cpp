@@ -105,7 +105,10 @@ void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, s
     // buffers added in slab order: the result is the same for any thread count,
     // and threads take slabs dynamically, so a descheduled thread stalls no one.
     const std::size_t num_chunks = (d + chunk - 1) / chunk;
-    const std::size_t num_slabs = std::min<std::size_t>(num_chunks, 16);
+    // At most 16 slabs, and their buffers within 64 MiB (for very many samples).
+    const std::size_t slab_cap = std::max<std::size_t>(1, (std::size_t{64} << 20) / (n * n * sizeof(double)));
+    const std::size_t num_slabs = std::min({num_chunks, std::size_t{16}, slab_cap});
+    threads = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), num_slabs));
     std::vector<double> slabs(num_slabs * n * n, 0.0);  // upper triangles only
     const long num_tiles = static_cast<long>(tiles.size());
 

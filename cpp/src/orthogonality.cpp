@@ -1,4 +1,5 @@
 // Centring of Gram matrices and the ORM (linear CKA) matrix from one product.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -87,6 +88,7 @@ void orm_matrix(const double* grams, std::size_t num_layers, std::size_t n, Esti
 #ifdef _OPENMP
     threads = num_threads > 0 ? num_threads : omp_get_max_threads();
     if (static_cast<double>(num_layers) * num_layers * nn < 4e6) threads = 1;
+    threads = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), num_layers));
 #else
     (void)num_threads;
 #endif

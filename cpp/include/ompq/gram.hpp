@@ -21,7 +21,7 @@ enum class DType { f32, f16, bf16, f64 };
 enum class Isa { best, generic, avx2, avx512 };
 
 struct GramOptions {
-    int num_threads = 0;   // 0: OpenMP default (or 1 without OpenMP)
+    int num_threads = 0;   // 0: OpenMP default (or 1 without OpenMP); never more than the work splits into
     Isa isa = Isa::best;
 };
 
