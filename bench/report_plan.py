@@ -6,7 +6,6 @@ what storing every layer's features would take.
 """
 
 import argparse
-import platform
 import resource
 import statistics
 import subprocess
@@ -18,6 +17,8 @@ from torch import nn
 
 import ompq_ext
 from ompq_ext.models import resnet18
+
+from common import machine
 
 
 def setup(samples):
@@ -90,8 +91,7 @@ def main():
     mem_fwd, mem_plan = peak("forward", args.samples), peak("plan", args.samples)
 
     print(f"ResNet-18 (random init), {args.samples} x 3 x 224 x 224, {args.repeats} interleaved repeats, medians")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, ompq_ext {ompq_ext.__version__}")
+    print(f"machine: {machine()}")
     print()
     print("| measure | value |")
     print("|---|---|")
@@ -102,6 +102,8 @@ def main():
     print(f"| peak RSS, forward only | {mem_fwd / 2**20:.0f} MiB |")
     print(f"| peak RSS, forward then plan() | {mem_plan / 2**20:.0f} MiB |")
     print(f"| **extra peak memory of plan()** | **{(mem_plan - mem_fwd) / 2**20:.0f} MiB** |")
+    layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    print(f"| the Grams plan() keeps ({layers} layers x N^2 float64) | {layers * args.samples ** 2 * 8 / 2**10:.0f} KiB |")
     print(f"| storing every layer's features instead (float32) | {feats / 2**20:.0f} MiB |")
 
 

@@ -225,7 +225,7 @@ def test_model_restored_when_the_forward_raises_midway():
             self.fc = nn.Linear(4 * 6, 2)
 
         def forward(self, x):
-            h = self.bn(self.conv(x))
+            self.bn(self.conv(x))
             raise RuntimeError("boom in the middle of the forward")
 
     torch.manual_seed(0)

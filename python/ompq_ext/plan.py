@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .budget import Budget, parse_budgets
+from .budget import parse_budgets
 from .errors import FeatureError, OmpqError, OmpqTypeError, OmpqValueError, PlanFileError
 from .features import GramCollector, gather_samples, untouched
 from .layers import count_parameters, find_layers, group_layers

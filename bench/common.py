@@ -1,0 +1,59 @@
+"""Measurement helpers shared by the bench/report_*.py scripts."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import numpy as np
+import torch
+
+from ompq_ext import _core as core
+
+
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median seconds of each callable; one warm-up call each, then the repeats interleaved."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown"
+    cores = os.cpu_count()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        model = fields.get("Model name", model).strip()
+        cores = f"{fields.get('Core(s) per socket', '?').strip()} cores/socket × " \
+                f"{fields.get('Socket(s)', '?').strip()} socket(s), {fields.get('CPU(s)', '?').strip()} CPUs"
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        pass
+    return (f"{model}; {cores}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+            f"numpy {np.__version__}; core kernels {core.best_isa()}, OpenMP {core.openmp}; "
+            f"{datetime.date.today().isoformat()}")
+
+
+def busy_percent(seconds: float = 1.0):
+    """CPU time used by anything (all processes) over `seconds`, in % of all CPUs (Linux only)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    try:
+        t1, i1 = sample()
+        time.sleep(seconds)
+        t2, i2 = sample()
+        return 100.0 * (1 - (i2 - i1) / max(t2 - t1, 1))
+    except OSError:
+        return None
