@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 #include <string>
 
 #include "ompq/ompq.hpp"
@@ -145,10 +147,121 @@ py::array_t<double> orm_matrix(const py::object& grams_obj, const std::string& e
     return out;
 }
 
+// ------------------------------------------------------------------ fake quantization
+
+py::array_t<float> float32_array(const py::object& obj, const char* name) {
+    const py::array a = as_array(obj, name);
+    if (!a.dtype().attr("isnative").cast<bool>() || a.dtype().kind() != 'f' || a.itemsize() != 4)
+        fail(std::string(name) + " must be a float32 array, got " + std::string(py::str(a.dtype())));
+    if (!(a.flags() & py::array::c_style)) fail(std::string(name) + " must be C-contiguous");
+    return py::reinterpret_borrow<py::array_t<float>>(a);
+}
+
+// [outer][channels][inner] view of x for per-channel quantization along `axis`
+// (None: per-tensor), checked against the number of scales.
+ompq::QuantLayout layout_of(const py::array& x, const py::object& axis, py::ssize_t num_scales) {
+    ompq::QuantLayout layout;
+    layout.inner = static_cast<std::size_t>(x.size());
+    if (axis.is_none()) {
+        if (num_scales != 1) fail("per-tensor quantization (axis=None) takes exactly one scale and zero point");
+        return layout;
+    }
+    long a = axis.cast<long>();
+    const long ndim = static_cast<long>(x.ndim());
+    if (a < -ndim || a >= ndim) fail("axis " + std::to_string(a) + " is out of range for a " + std::to_string(ndim) + "-D tensor");
+    if (a < 0) a += ndim;
+    layout.outer = layout.channels = layout.inner = 1;
+    for (long i = 0; i < ndim; ++i) {
+        const auto extent = static_cast<std::size_t>(x.shape(i));
+        if (i < a) layout.outer *= extent;
+        else if (i == a) layout.channels = extent;
+        else layout.inner *= extent;
+    }
+    if (static_cast<py::ssize_t>(layout.channels) != num_scales)
+        fail("axis " + std::to_string(a) + " has " + std::to_string(layout.channels) + " channels but " +
+             std::to_string(num_scales) + " scales were given");
+    return layout;
+}
+
+struct QuantArgs {
+    py::array_t<float> x, scale, zero;
+    ompq::QuantLayout layout;
+    ompq::QuantRange range;
+    ompq::FakeQuantOptions options;
+};
+
+QuantArgs quant_args(const py::object& x, const py::object& scale, const py::object& zero_point,
+                     const py::object& axis, long qmin, long qmax, const std::string& isa, int num_threads) {
+    QuantArgs q{float32_array(x, "x"), float32_array(scale, "scale"), float32_array(zero_point, "zero_point"), {}, {}, {}};
+    if (q.scale.ndim() != 1 || q.zero.ndim() != 1 || q.scale.size() != q.zero.size() || q.scale.size() < 1)
+        fail("scale and zero_point must be 1-D with the same, non-zero length");
+    q.layout = layout_of(q.x, axis, q.scale.size());
+    q.range = {qmin, qmax};
+    check_threads(num_threads);
+    q.options.isa = parse_isa(isa);
+    q.options.num_threads = num_threads;
+    return q;
+}
+
+py::array_t<float> fake_quant_forward(const py::object& x, const py::object& scale, const py::object& zero_point,
+                                      const py::object& axis, long qmin, long qmax, const py::object& out,
+                                      const std::string& isa, int num_threads) {
+    QuantArgs q = quant_args(x, scale, zero_point, axis, qmin, qmax, isa, num_threads);
+    py::array_t<float> y;
+    if (out.is_none()) {
+        y = py::array_t<float>(std::vector<py::ssize_t>(q.x.shape(), q.x.shape() + q.x.ndim()));
+    } else {
+        y = float32_array(out, "out");
+        if (y.size() != q.x.size() || !y.writeable()) fail("out must be a writable float32 array of x's size");
+    }
+    const float* xp = q.x.data();
+    float* yp = y.mutable_data();
+    const float *sp = q.scale.data(), *zp = q.zero.data();
+    try {
+        py::gil_scoped_release release;
+        ompq::fake_quant_forward(xp, yp, q.layout, sp, zp, q.range, q.options);
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+    return y;
+}
+
+py::tuple fake_quant_backward(const py::object& x, const py::object& grad, const py::object& scale,
+                              const py::object& zero_point, const py::object& axis, long qmin, long qmax,
+                              float grad_factor, bool scale_grad, bool zero_point_grad, const std::string& isa,
+                              int num_threads) {
+    QuantArgs q = quant_args(x, scale, zero_point, axis, qmin, qmax, isa, num_threads);
+    const py::array_t<float> gy = float32_array(grad, "grad");
+    if (gy.ndim() != q.x.ndim() || !std::equal(gy.shape(), gy.shape() + gy.ndim(), q.x.shape()))
+        fail("grad must have the shape of x");
+    py::array_t<float> gx(std::vector<py::ssize_t>(q.x.shape(), q.x.shape() + q.x.ndim()));
+    py::object gscale = py::none(), gzero = py::none();
+    float *gsp = nullptr, *gzp = nullptr;
+    if (scale_grad) {
+        py::array_t<float> a(q.scale.size());
+        gsp = a.mutable_data();
+        gscale = a;
+    }
+    if (zero_point_grad) {
+        py::array_t<float> a(q.zero.size());
+        gzp = a.mutable_data();
+        gzero = a;
+    }
+    const float *xp = q.x.data(), *gyp = gy.data(), *sp = q.scale.data(), *zp = q.zero.data();
+    float* gxp = gx.mutable_data();
+    try {
+        py::gil_scoped_release release;
+        ompq::fake_quant_backward(xp, gyp, gxp, gsp, gzp, q.layout, sp, zp, q.range, grad_factor, q.options);
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+    return py::make_tuple(gx, gscale, gzero);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "ompq_ext C++ core: Gram accumulation and the ORM (linear CKA) matrix";
+    m.doc() = "ompq_ext C++ core: Gram accumulation, the ORM (linear CKA) matrix, fake quantization";
     m.attr("__version__") = ompq::version;
 #ifdef _OPENMP
     m.attr("openmp") = true;
@@ -165,6 +278,17 @@ PYBIND11_MODULE(_core, m) {
           py::arg("num_threads") = 0,
           "Linear CKA between every pair of (layers, n, n) Grams from one product; NaN rows mark layers "
           "whose centred Gram is zero.");
+    m.def("fake_quant_forward", &fake_quant_forward, py::arg("x"), py::arg("scale"), py::arg("zero_point"),
+          py::arg("axis") = py::none(), py::arg("qmin") = -128, py::arg("qmax") = 127, py::arg("out") = py::none(),
+          py::arg("isa") = "best", py::arg("num_threads") = 0,
+          "(clamp(round(x/s) + z, qmin, qmax) - z) * s per channel along axis (None: per tensor); float32, "
+          "bit for bit torch.fake_quantize_per_*_affine.");
+    m.def("fake_quant_backward", &fake_quant_backward, py::arg("x"), py::arg("grad"), py::arg("scale"),
+          py::arg("zero_point"), py::arg("axis") = py::none(), py::arg("qmin") = -128, py::arg("qmax") = 127,
+          py::arg("grad_factor") = 1.0f, py::arg("scale_grad") = false, py::arg("zero_point_grad") = false,
+          py::arg("isa") = "best", py::arg("num_threads") = 0,
+          "(grad_x, grad_scale or None, grad_zero_point or None): straight-through with the clipping mask, "
+          "and the LSQ gradients of scale and zero point.");
     m.def("available_isas", &ompq::available_isas, "Instruction sets whose kernels run on this CPU.");
     m.def("best_isa", &ompq::best_isa, "The instruction set used by default.");
 }

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_features.hpp"
 #include "gram_kernels.hpp"
 #include "ompq/gram.hpp"
 
@@ -30,40 +31,12 @@ std::size_t element_size(DType dtype) {
     throw std::invalid_argument("unknown dtype");
 }
 
-struct CpuFeatures {
-    bool avx2 = false, avx512 = false, avx512_bf16 = false;
-};
-
-CpuFeatures cpu_features() {
-    CpuFeatures f;
-#if defined(OMPQ_HAVE_X86_KERNELS)
-    __builtin_cpu_init();
-    f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl");
-    f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
-#endif
-    return f;
-}
-
-Isa resolve(Isa requested) {
-    static const CpuFeatures f = cpu_features();
-    if (requested == Isa::best) return f.avx512 ? Isa::avx512 : f.avx2 ? Isa::avx2 : Isa::generic;
-    if (requested == Isa::avx2 && !f.avx2)
-        throw std::invalid_argument("this CPU (or this build) has no AVX2+FMA+F16C kernels");
-    if (requested == Isa::avx512 && !f.avx512)
-        throw std::invalid_argument("this CPU (or this build) has no AVX-512 (F, BW, VL) kernels");
-    return requested;
-}
-
 detail::TileKernel pick_kernel(DType dtype, Isa isa) {
-    static const CpuFeatures f = cpu_features();
     detail::TileKernel kernel = nullptr;
 #if defined(OMPQ_HAVE_X86_KERNELS)
-    if (isa == Isa::avx512) kernel = detail::avx512_tile_kernel(dtype, f.avx512_bf16);
+    if (isa == Isa::avx512) kernel = detail::avx512_tile_kernel(dtype, detail::cpu_features().avx512_bf16);
     if (isa == Isa::avx2) kernel = detail::avx2_tile_kernel(dtype);
 #else
-    (void)f;
     (void)isa;
 #endif
     return kernel ? kernel : detail::generic_tile_kernel(dtype);
@@ -86,7 +59,7 @@ void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, s
     if (row_stride < d) throw std::invalid_argument("gram_accumulate: row_stride must be >= d");
     if (d == 0) return;
     const std::size_t esize = element_size(dtype);
-    const detail::TileKernel kernel = pick_kernel(dtype, resolve(options.isa));
+    const detail::TileKernel kernel = pick_kernel(dtype, detail::resolve_isa(options.isa));
     const auto* base = static_cast<const unsigned char*>(x);
 
     const std::size_t blocks = (n + 3) / 4;
@@ -151,7 +124,7 @@ void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, s
 }
 
 std::vector<std::string> available_isas() {
-    const CpuFeatures f = cpu_features();
+    const detail::CpuFeatures& f = detail::cpu_features();
     std::vector<std::string> out{"generic"};
     if (f.avx2) out.emplace_back("avx2");
     if (f.avx512) out.emplace_back("avx512");
@@ -159,7 +132,7 @@ std::vector<std::string> available_isas() {
 }
 
 std::string best_isa() {
-    switch (resolve(Isa::best)) {
+    switch (detail::resolve_isa(Isa::best)) {
         case Isa::avx512: return "avx512";
         case Isa::avx2: return "avx2";
         default: return "generic";

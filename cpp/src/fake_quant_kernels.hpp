@@ -1,0 +1,19 @@
+// Internal: the per-instruction-set row kernels behind fake_quant_forward/backward.
+#pragma once
+
+#include <cstddef>
+
+namespace ompq::detail {
+
+struct FakeQuantKernels {
+    void (*forward_row)(const float* x, float* y, std::size_t len, float s, float z, float qmin, float qmax);
+    void (*backward_row)(const float* x, const float* gy, float* gx, std::size_t len, float s, float z,
+                         float qmin, float qmax, bool want_scale, bool want_zero, double* sum_scale,
+                         double* sum_outside);
+};
+
+namespace generic { FakeQuantKernels kernels(); }
+namespace avx2 { FakeQuantKernels kernels(); }
+namespace avx512 { FakeQuantKernels kernels(); }
+
+}  // namespace ompq::detail
