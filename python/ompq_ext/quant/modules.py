@@ -1,0 +1,174 @@
+"""Quantized module wrappers: a planned layer keeps its float weights and gets a
+weight quantizer (per output channel, symmetric, at the planned bits) and an
+input activation quantizer (per tensor, at the activation bits).
+
+Works for any layer with a ``weight``: the wrapped layer is called through
+``torch.func.functional_call`` with the fake-quantized weight swapped in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..errors import OmpqValueError
+from .ops import fake_quantize, quant_range
+
+SCALE_METHODS = ("minmax", "mse")
+ACT_METHODS = ("minmax", "percentile", "mse")
+_MSE_GRID = torch.linspace(1.0, 0.2, 81)  # clipping ratios tried by the MSE scale search
+
+
+def _per_channel_absmax(w: Tensor) -> Tensor:
+    return w.detach().abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(1e-12)
+
+
+def weight_scale(weight: Tensor, bits: int, method: str = "mse") -> Tensor:
+    """Per-output-channel scales for symmetric ``bits``-bit weights.
+
+    ``minmax``: the largest |w| of the channel maps to the top of the grid. ``mse``: the
+    clipping ratio (1.0 down to 0.2) with the least squared rounding error, per channel.
+    """
+    if method not in SCALE_METHODS:
+        raise OmpqValueError(f"weight scale method must be one of {SCALE_METHODS}, got {method!r}")
+    qmin, qmax = quant_range(bits, signed=True)
+    w = weight.detach().float()
+    base = _per_channel_absmax(w) / qmax
+    if method == "minmax":
+        return base
+    flat = w.reshape(w.shape[0], -1)
+    best_err = torch.full((w.shape[0],), math.inf)
+    best = base.clone()
+    for ratio in _MSE_GRID:
+        s = base * ratio
+        err = (fake_quantize(flat, s, bits=bits, axis=0) - flat).square().sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    return best
+
+
+class WeightQuantizer(nn.Module):
+    """Symmetric per-output-channel fake quantization with a learnable (LSQ) scale."""
+
+    def __init__(self, weight: Tensor, bits: int, method: str = "mse"):
+        super().__init__()
+        self.bits = bits
+        self.scale = nn.Parameter(weight_scale(weight, bits, method))
+        per_channel = weight[0].numel()
+        self.grad_factor = 1.0 / math.sqrt(per_channel * quant_range(bits, True)[1])
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return fake_quantize(weight, self.scale, bits=self.bits, signed=True, axis=0, grad_factor=self.grad_factor)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel={self.scale.numel()}"
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor fake quantization of a layer's input with a learnable (LSQ) scale.
+
+    Calibrate first: ``observe`` collects statistics while ``observing`` is set, ``finalize``
+    picks the range. Non-negative inputs (after a ReLU) get the unsigned grid [0, 2^b - 1];
+    others the symmetric signed grid. Before calibration it passes inputs through.
+    """
+
+    def __init__(self, bits: int, method: str = "mse", max_samples: int = 1 << 18):
+        super().__init__()
+        if method not in ACT_METHODS:
+            raise OmpqValueError(f"activation calibration must be one of {ACT_METHODS}, got {method!r}")
+        quant_range(bits, signed=True)  # validates bits
+        self.bits, self.method, self.max_samples = bits, method, max_samples
+        self.signed = True
+        self.scale = nn.Parameter(torch.ones(1))
+        self.grad_factor = 1.0  # set by finalize from the input size
+        self.calibrated = False
+        self.observing = False
+        self._min, self._max, self._samples = math.inf, -math.inf, []
+        self._seen = 0
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        x = x.detach().float().reshape(-1)
+        self._min = min(self._min, x.min().item())
+        self._max = max(self._max, x.max().item())
+        self._seen += x.numel()
+        keep = min(x.numel(), self.max_samples)
+        # A fixed-stride subsample: deterministic, and enough for percentiles and the MSE search.
+        self._samples.append(x[:: max(1, x.numel() // keep)][:keep].clone())
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        if not self._samples:
+            raise OmpqValueError("an activation quantizer saw no data during calibration; give calib data "
+                                 "that reaches every planned layer")
+        self.signed = self._min < 0
+        qmin, qmax = quant_range(self.bits, self.signed)
+        samples = torch.cat(self._samples)
+        values = samples.abs() if self.signed else samples
+        top = max(abs(self._min), abs(self._max)) if self.signed else self._max
+        top = max(top, 1e-8)
+        if self.method == "minmax":
+            scale = top / qmax
+        elif self.method == "percentile":
+            k = max(1, int(0.9999 * values.numel()))
+            scale = max(values.kthvalue(k).values.item(), 1e-8) / qmax
+        else:
+            scale, best = top / qmax, math.inf
+            for ratio in _MSE_GRID:
+                s = torch.tensor([top * ratio.item() / qmax])
+                err = (fake_quantize(samples, s, bits=self.bits, signed=self.signed) - samples).square().sum().item()
+                if err < best:
+                    best, scale = err, s.item()
+        self.scale.copy_(torch.tensor([scale]))
+        self.grad_factor = 1.0 / math.sqrt(max(self._seen // max(len(self._samples), 1), 1) * qmax)
+        self.calibrated = True
+        self._samples = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observing:
+            self.observe(x)
+            return x
+        if not self.calibrated:
+            return x
+        dtype = x.dtype
+        y = fake_quantize(x.float(), self.scale, bits=self.bits, signed=self.signed,
+                          grad_factor=self.grad_factor)
+        return y.to(dtype)
+
+    def extra_repr(self) -> str:
+        state = ("signed" if self.signed else "unsigned") if self.calibrated else "not calibrated"
+        return f"bits={self.bits}, method={self.method}, {state}"
+
+
+class QuantLayer(nn.Module):
+    """A planned layer with fake-quantized weights and (optionally) inputs.
+
+    ``layer`` keeps the float weights (trainable in QAT); ``weight_quantizer`` and
+    ``input_quantizer`` are swappable (reconstruction replaces the weight quantizer).
+    """
+
+    def __init__(self, layer: nn.Module, weight_bits: int, act_bits: int | None, *, weight_scale_method="mse",
+                 act_method="mse", name: str = "", macs: int = 0):
+        super().__init__()
+        self.layer = layer
+        self.name = name
+        self.macs = macs  # per sample, from the plan
+        self.weight_bits = weight_bits
+        self.act_bits = act_bits
+        self.weight_quantizer = WeightQuantizer(layer.weight, weight_bits, weight_scale_method)
+        self.input_quantizer = ActQuantizer(act_bits, act_method) if act_bits else None
+
+    def quantized_weight(self) -> Tensor:
+        return self.weight_quantizer(self.layer.weight)
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return functional_call(self.layer, {"weight": self.quantized_weight()}, (x, *args), kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.name!r}, W{self.weight_bits}A{self.act_bits or 'float'}"

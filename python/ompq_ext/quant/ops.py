@@ -1,0 +1,125 @@
+"""Fake-quant autograd ops over the C++ core kernels.
+
+``fake_quantize`` is the public entry point. Underneath, ``ompq_ext::fake_quant``
+and its backward are ``torch.library.custom_op`` operators, so they work in
+eager mode, under autograd and inside ``torch.compile`` graphs. The forward is
+bit for bit ``torch.fake_quantize_per_{tensor,channel}_affine``; the backward is
+the straight-through estimator with the clipping mask, plus the LSQ gradients
+of the scale and zero point when those require grad.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _core
+from ..errors import OmpqError, OmpqTypeError, OmpqValueError
+
+PER_TENSOR = -1  # the ops' axis for per-tensor quantization
+
+
+def quant_range(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer grid of ``bits``-bit values: [-2^(b-1), 2^(b-1)-1] signed, [0, 2^b-1] unsigned."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise OmpqValueError(f"bits must be an integer in 1..16, got {bits!r}")
+    if signed:
+        if bits == 1:
+            raise OmpqValueError("signed quantization needs at least 2 bits")
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def _numpy(t: Tensor):
+    return t.detach().contiguous().numpy()
+
+
+def _axis(axis: int):
+    return None if axis == PER_TENSOR else axis
+
+
+@torch.library.custom_op("ompq_ext::fake_quant", mutates_args=())
+def _fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int, qmin: int, qmax: int,
+                grad_factor: float) -> Tensor:
+    out = _core.fake_quant_forward(_numpy(x), _numpy(scale), _numpy(zero_point), _axis(axis), qmin, qmax)
+    return torch.from_numpy(out)
+
+
+@_fake_quant.register_fake
+def _(x, scale, zero_point, axis, qmin, qmax, grad_factor):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("ompq_ext::fake_quant_backward", mutates_args=())
+def _fake_quant_backward(grad: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, axis: int, qmin: int,
+                         qmax: int, grad_factor: float, scale_grad: bool,
+                         zero_point_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    gx, gs, gz = _core.fake_quant_backward(_numpy(x), _numpy(grad), _numpy(scale), _numpy(zero_point), _axis(axis),
+                                           qmin, qmax, grad_factor, scale_grad, zero_point_grad)
+    gs = torch.from_numpy(gs) if gs is not None else torch.zeros_like(scale)
+    gz = torch.from_numpy(gz) if gz is not None else torch.zeros_like(zero_point)
+    return torch.from_numpy(gx), gs, gz
+
+
+@_fake_quant_backward.register_fake
+def _(grad, x, scale, zero_point, axis, qmin, qmax, grad_factor, scale_grad, zero_point_grad):
+    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(zero_point)
+
+
+def _setup_context(ctx, inputs, output):
+    x, scale, zero_point, axis, qmin, qmax, grad_factor = inputs
+    ctx.save_for_backward(x, scale, zero_point)
+    ctx.args = (axis, qmin, qmax, grad_factor)
+
+
+def _backward(ctx, grad):
+    x, scale, zero_point = ctx.saved_tensors
+    want_scale, want_zero = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    gx, gs, gz = _fake_quant_backward(grad, x, scale, zero_point, *ctx.args, want_scale, want_zero)
+    return gx, gs if want_scale else None, gz if want_zero else None, None, None, None, None
+
+
+_fake_quant.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | None = None, *, bits: int = 8, signed: bool = True,
+                  axis: int | None = None, grad_factor: float = 1.0) -> Tensor:
+    """Quantize ``x`` to ``bits`` and back: per channel along ``axis``, or per tensor when it is None.
+
+    ``scale`` (and ``zero_point``, default 0) hold one value per channel, or one for the tensor.
+    A learnable ``zero_point`` is rounded in the forward pass with a straight-through gradient.
+    ``grad_factor`` multiplies the scale and zero-point gradients (LSQ uses 1/sqrt(numel * qmax)).
+    float32 CPU tensors only until the CUDA kernels land.
+    """
+    if not isinstance(x, Tensor) or not isinstance(scale, Tensor):
+        raise OmpqTypeError("fake_quantize takes tensors for x and scale")
+    if x.dtype != torch.float32:
+        raise OmpqTypeError(f"fake_quantize works on float32 tensors, got {x.dtype}; convert with .float()")
+    for name, t in (("x", x), ("scale", scale), ("zero_point", zero_point)):
+        if t is not None and t.device.type != "cpu":
+            raise OmpqError(
+                f"fake_quantize: {name} is on {t.device}, but only the CPU kernels exist yet (the CUDA kernels "
+                f"are a later issue); move the tensors to the CPU"
+            )
+    qmin, qmax = quant_range(bits, signed)
+    scale = scale.reshape(-1).float()
+    if zero_point is None:
+        zero_point = torch.zeros_like(scale)
+    else:
+        zero_point = zero_point.reshape(-1).float()
+        # Round and clamp onto the grid; the gradient passes straight through.
+        zero_point = zero_point + (zero_point.detach().round().clamp(qmin, qmax) - zero_point.detach())
+    if axis is None:
+        if scale.numel() != 1:
+            raise OmpqValueError(f"per-tensor quantization takes one scale, got {scale.numel()}; pass axis=...")
+        op_axis = PER_TENSOR
+    else:
+        if not -x.dim() <= axis < x.dim():
+            raise OmpqValueError(f"axis {axis} is out of range for a {x.dim()}-D tensor")
+        op_axis = axis % x.dim()
+        if scale.numel() != x.shape[op_axis]:
+            raise OmpqValueError(
+                f"axis {axis} has {x.shape[op_axis]} channels but {scale.numel()} scales were given"
+            )
+    return _fake_quant(x.contiguous(), scale.contiguous(), zero_point.contiguous(), op_axis, qmin, qmax,
+                       float(grad_factor))
