@@ -87,8 +87,16 @@ class ActQuantizer(nn.Module):
         self.grad_factor = 1.0  # set by finalize from the input size
         self.calibrated = False
         self.observing = False
-        self._min, self._max, self._samples = math.inf, -math.inf, []
-        self._seen = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the statistics observed so far (the current scale stays until finalize)."""
+        self._min, self._max, self._samples, self._seen = math.inf, -math.inf, [], 0
+
+    @property
+    def has_data(self) -> bool:
+        """Whether observe() has seen anything since the last reset or finalize."""
+        return bool(self._samples)
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:

@@ -1,0 +1,385 @@
+"""``quantize(model, plan, calib=...)``: a fake-quant copy of a model at a plan's bits, and
+``quant_report(qmodel)``: its real size and BOPs.
+
+Every planned layer is replaced, at its qualified name, by a ``QuantLayer`` that keeps the
+float weight and fake-quantizes it per output channel at the planned bits (and its input per
+tensor at the activation bits). Input quantizers are calibrated by one forward pass over
+``num_calib`` samples; ``method="adaround"`` / ``"brecq"`` then learns the rounding on the
+same samples (``quant/reconstruct.py``). The result trains with ordinary PyTorch loops (QAT):
+gradients reach the float weights (straight-through) and the quantizer scales (LSQ).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import OmpqError, OmpqTypeError, OmpqValueError
+from ..features import gather_samples, untouched
+from .modules import ACT_METHODS, SCALE_METHODS, QuantLayer
+
+METHODS = ("rtn", "adaround", "brecq")
+RECONSTRUCTION_METHODS = ("adaround", "brecq")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _show_progress(progress) -> bool:
+    if progress is None:
+        return sys.stderr.isatty()
+    return bool(progress)
+
+
+def _as_plan(plan):
+    from ..plan import Plan
+
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, (str, Path)):
+        return Plan.load(plan)
+    raise OmpqTypeError(
+        f"plan must be an ompq_ext.Plan (from ompq_ext.plan(...)) or the path of a saved plan, got {type(plan).__name__}"
+    )
+
+
+def _resolve_act_bits(act_bits, plan) -> int | None:
+    """None -> the plan's activation bits; 0 / False -> weights only. 32 bits means float activations."""
+    if act_bits is None:
+        act_bits = plan.settings.get("act_bits", 8)
+        where = "the plan's settings['act_bits']"
+    else:
+        where = "act_bits"
+    if act_bits is False or (type(act_bits) is int and act_bits == 0):
+        return None
+    if isinstance(act_bits, bool) or not isinstance(act_bits, int):
+        raise OmpqValueError(f"{where} must be an integer in 2..16, 32 (float) or 0 (weights only), got {act_bits!r}")
+    if act_bits == 32:
+        return None
+    if not 2 <= act_bits <= 16:
+        raise OmpqValueError(f"{where} must be an integer in 2..16, 32 (float) or 0 (weights only), got {act_bits!r}")
+    return act_bits
+
+
+def _gather(calib, num_calib, input_fn):
+    """gather_samples, with its messages in this function's argument names."""
+    if isinstance(num_calib, bool) or not isinstance(num_calib, int) or num_calib < 2:
+        raise OmpqValueError(f"num_calib must be an integer >= 2, got {num_calib!r}")
+    try:
+        return gather_samples(calib, num_calib, input_fn)
+    except OmpqError as e:
+        message = str(e).replace("num_samples", "num_calib").replace("loader", "calib")
+        raise type(e)(message) from None
+
+
+def _occurrences(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(module) -> every (parent, attribute name) that holds it; a module registered under
+    two names (shared) is listed twice, and every place gets the same wrapper."""
+    out: dict[int, list[tuple[nn.Module, str]]] = {}
+    for parent in model.modules():
+        for child_name, child in parent._modules.items():
+            if child is not None:
+                out.setdefault(id(child), []).append((parent, child_name))
+    return out
+
+
+def _quant_layers(model: nn.Module) -> list[tuple[str, QuantLayer]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLayer)]
+
+
+@contextlib.contextmanager
+def _guarded(model: nn.Module):
+    """The float model lent to reconstruction: buffers, train/eval flags, requires_grad and
+    hooks come back as they were."""
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    hooks = [(m, dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks))
+             for m in model.modules()]
+    with untouched(model):
+        try:
+            yield model
+        finally:
+            for p, flag in grads:
+                p.requires_grad_(flag)
+            for m, fwd, pre, bwd in hooks:
+                for store, saved in ((m._forward_hooks, fwd), (m._forward_pre_hooks, pre), (m._backward_hooks, bwd)):
+                    for key in [k for k in store if k not in saved]:
+                        del store[key]
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
+    """One forward pass with every input quantizer observing, then each picks its range."""
+    layers = [(name, ql) for name, ql in _quant_layers(qmodel) if ql.input_quantizer is not None]
+    if not layers:
+        return
+    from tqdm.auto import tqdm
+
+    seen: set[int] = set()
+    handles = []
+
+    def pre_hook(module, inputs):
+        if id(module) not in seen:
+            seen.add(id(module))
+            bar.update(1)
+
+    with tqdm(total=2 * len(layers), desc="ompq: calibration", unit="layer", disable=not show,
+              file=sys.stderr, leave=False) as bar:
+        with untouched(qmodel), torch.no_grad():
+            try:
+                for _, ql in layers:
+                    ql.input_quantizer.reset()
+                    ql.input_quantizer.observing = True
+                    if show:
+                        handles.append(ql.register_forward_pre_hook(pre_hook))
+                qmodel.eval()
+                try:
+                    qmodel(*args, **kwargs)
+                except OmpqError:
+                    raise
+                except Exception as e:
+                    raise OmpqError(
+                        f"the model's forward pass failed on the calibration samples ({type(e).__name__}: {e}); "
+                        f"check that calib's batches fit the model, or pass input_fn=..."
+                    ) from e
+            finally:
+                for h in handles:
+                    h.remove()
+                for _, ql in layers:
+                    ql.input_quantizer.observing = False
+        bar.update(len(layers) - len(seen))
+        silent = []
+        for name, ql in layers:
+            q = ql.input_quantizer
+            if not q.has_data:
+                silent.append(name)
+                continue
+            q.finalize()
+            bar.update(1)
+        if silent:
+            raise OmpqValueError(
+                f"{len(silent)} quantized layer(s) never ran in the calibration pass, so their input ranges are "
+                f"unknown: {', '.join(silent[:8])}{', ...' if len(silent) > 8 else ''}; give calib data that "
+                f"reaches every planned layer"
+            )
+
+
+def calibrate(qmodel: nn.Module, calib, num_calib: int = 256, *, input_fn=None, progress=None) -> nn.Module:
+    """Calibrate (again) the input quantizers of a quantized model on ``num_calib`` samples of
+    ``calib`` (a DataLoader, a list of batches or a tensor; ``input_fn`` turns a batch into model
+    inputs), in one forward pass. Earlier statistics are forgotten. Buffers (BatchNorm running
+    statistics) and train/eval flags are left as they were. Returns ``qmodel``."""
+    if not isinstance(qmodel, nn.Module):
+        raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
+    if not _quant_layers(qmodel):
+        raise OmpqValueError("the model has no quantized layers; make it with ompq_ext.quantize(model, plan, ...)")
+    if calib is None:
+        raise OmpqValueError("calibrate needs calib data: a DataLoader, a list of batches or a tensor of inputs")
+    args, kwargs = _gather(calib, num_calib, input_fn)
+    _calibrate_on(qmodel, args, kwargs, _show_progress(progress))
+    return qmodel
+
+
+# ---------------------------------------------------------------- quantize
+
+
+def quantize(
+    model: nn.Module,
+    plan,
+    calib=None,
+    *,
+    method: str = "rtn",
+    weight_scale: str = "mse",
+    act_bits: int | None = None,
+    act_calib: str = "mse",
+    num_calib: int = 256,
+    input_fn=None,
+    inplace: bool = False,
+    progress: bool | None = None,
+    **reconstruction_options,
+) -> nn.Module:
+    """A fake-quantized copy of ``model`` at the bits of ``plan``, calibrated on ``calib``.
+
+    plan: an ``ompq_ext.Plan`` or the path of a saved one; it must match the model (every planned
+        layer present with the same weight size), else PlanFileError names the missing layers.
+    calib: a DataLoader, a list of batches or a tensor; ``num_calib`` samples are drawn and run
+        through the model together (``input_fn`` turns a batch into model inputs). Needed when
+        activations are quantized and for reconstruction.
+    method: "rtn" (round to nearest), or "adaround" / "brecq" (learned rounding, layer-wise or
+        block-wise; ``reconstruction_options`` such as ``iters=`` and ``reg_weight=`` go to
+        ``ompq_ext.quant.reconstruct.reconstruct``).
+    weight_scale: "minmax" or "mse" per-output-channel scales for the symmetric weight grid.
+    act_bits: activation bits, default the plan's (8); 0 or False quantizes weights only.
+    act_calib: "minmax", "percentile" or "mse" range for the per-tensor input quantizers; inputs
+        that are never negative (after a ReLU) get the unsigned grid.
+    inplace: modify and return ``model`` itself instead of a copy (if this raises part way, the
+        model may be left partly quantized). Otherwise ``model`` is left exactly as it was.
+
+    The result is in eval mode. Call ``quant_report`` on it for its size and BOPs.
+    """
+    if not isinstance(model, nn.Module):
+        raise OmpqTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if method not in METHODS:
+        raise OmpqValueError(f"method must be one of {METHODS}, got {method!r}")
+    if weight_scale not in SCALE_METHODS:
+        raise OmpqValueError(f"weight_scale must be one of {SCALE_METHODS}, got {weight_scale!r}")
+    if act_calib not in ACT_METHODS:
+        raise OmpqValueError(f"act_calib must be one of {ACT_METHODS}, got {act_calib!r}")
+    if reconstruction_options and method not in RECONSTRUCTION_METHODS:
+        raise OmpqValueError(
+            f"{', '.join(sorted(reconstruction_options))}: unknown argument(s) for method={method!r}; "
+            f"reconstruction options apply to method='adaround' or 'brecq'"
+        )
+    plan = _as_plan(plan)
+    act = _resolve_act_bits(act_bits, plan)
+    reconstructing = method in RECONSTRUCTION_METHODS
+    if calib is None and (act is not None or reconstructing):
+        need = "activation calibration" if act is not None else f"method={method!r}"
+        raise OmpqValueError(
+            f"{need} needs calibration data: pass calib= (a DataLoader, a list of batches or a tensor of "
+            f"inputs, {num_calib} samples)"
+            + (", or act_bits=0 to quantize the weights only" if act is not None and not reconstructing else "")
+        )
+    plan.check_model(model)
+    if any(layer.name == "" for layer in plan.layers):
+        raise OmpqValueError("the plan names the model itself as a layer; wrap the model in a container module")
+    show = _show_progress(progress)
+    inputs = _gather(calib, num_calib, input_fn) if (act is not None or reconstructing) else None
+
+    if inplace:
+        fp_model = copy.deepcopy(model) if reconstructing else None
+        qmodel = model
+    else:
+        fp_model = model
+        try:
+            qmodel = copy.deepcopy(model)
+        except Exception as e:
+            raise OmpqError(
+                f"cannot copy the model ({type(e).__name__}: {e}); pass inplace=True to quantize it in place"
+            ) from e
+
+    # Build every wrapper first (a bad bit-width fails before the model is touched), then swap.
+    modules = dict(qmodel.named_modules())
+    places = _occurrences(qmodel)
+    wrappers: list[tuple[nn.Module, QuantLayer]] = []
+    shared: dict[int, object] = {}  # id(weight) -> weight quantizer of tied layers
+    for layer in plan.layers:
+        module = modules[layer.name]
+        try:
+            ql = QuantLayer(module, layer.bits, act, weight_scale_method=weight_scale, act_method=act_calib,
+                            name=layer.name, macs=layer.macs)
+        except OmpqError as e:
+            raise type(e)(f"layer {layer.name!r}: {e}") from None
+        wq = shared.setdefault(id(module.weight), ql.weight_quantizer)
+        if wq is not ql.weight_quantizer:  # a weight shared with an earlier layer: one scale for both
+            if getattr(wq, "bits", layer.bits) != layer.bits:
+                raise OmpqValueError(
+                    f"layer {layer.name!r} shares its weight with another planned layer at different bits "
+                    f"({layer.bits} vs {wq.bits}); tied layers must share bits"
+                )
+            ql.weight_quantizer = wq
+        wrappers.append((module, ql))
+    for module, ql in wrappers:
+        for parent, child_name in places[id(module)]:
+            setattr(parent, child_name, ql)
+
+    qmodel.eval()
+    if act is not None:
+        _calibrate_on(qmodel, *inputs, show)
+    if reconstructing:
+        try:
+            from .reconstruct import reconstruct
+        except ImportError as e:
+            raise OmpqError(f"method={method!r} needs ompq_ext.quant.reconstruct, which failed to import: {e}") from e
+        with _guarded(fp_model):
+            fp_model.eval()
+            reconstruct(qmodel, fp_model, inputs, method=method, progress=show, **reconstruction_options)
+        qmodel.eval()
+    return qmodel
+
+
+# ---------------------------------------------------------------- report
+
+
+def quant_report(qmodel: nn.Module) -> dict:
+    """The real size and BOPs of a quantized model.
+
+    Size counts every parameter of the model once (a shared tensor once): the weights of
+    quantized layers at their bits, every other parameter (biases, norms, layers left in
+    float) at 32 bits, and the quantizers' own parameters (weight scales, one per output
+    channel; activation scales, one per layer) at 32 bits too, since a deployed model
+    needs them. Buffers are not counted.
+
+    Keys: ``size_bits`` / ``size_bytes`` / ``size_mib`` (MiB = 2^20 bytes), all of the above;
+    ``quantizer_params`` and ``quantizer_bits`` (32 each), the scales' share;
+    ``plan_size_bits`` = ``size_bits - quantizer_bits``, the plan's convention, which equals
+    ``plan.totals["size_bits"]`` for the model the plan was made from; ``fp32_size_bytes``
+    (the float model: every parameter but the quantizers' at 32 bits); ``avg_bits`` over the
+    quantized weights; ``quantized_params``, ``other_params``; ``bops`` per sample
+    = sum over quantized layers of MACs per sample x weight bits x activation bits (32 where a
+    layer's input is not quantized), which equals ``plan.totals["bops"]`` when the activation
+    bits are the plan's; ``layers``, one dict per quantized layer.
+    """
+    if not isinstance(qmodel, nn.Module):
+        raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
+    qlayers = _quant_layers(qmodel)
+    if not qlayers:
+        raise OmpqValueError("the model has no quantized layers; make it with ompq_ext.quantize(model, plan, ...)")
+    weight_bits: dict[int, int] = {}
+    quantizer_ids: set[int] = set()
+    rows = []
+    bops = 0
+    for name, ql in qlayers:
+        weight = ql.layer.weight
+        bits = int(ql.weight_bits)
+        if weight_bits.get(id(weight), bits) != bits:
+            raise OmpqValueError(f"layer {name!r} shares its weight with a layer at other bits; the size is ambiguous")
+        weight_bits[id(weight)] = bits
+        for q in (ql.weight_quantizer, ql.input_quantizer):
+            if q is not None:
+                quantizer_ids.update(id(p) for p in q.parameters())
+        iq = ql.input_quantizer
+        act = int(iq.bits) if iq is not None else 32
+        layer_bops = int(ql.macs) * bits * act
+        bops += layer_bops
+        rows.append({
+            "name": name, "kind": type(ql.layer).__name__, "params": weight.numel(), "macs": int(ql.macs),
+            "weight_bits": bits, "act_bits": act,
+            "act_signed": (bool(iq.signed) if iq.calibrated else None) if iq is not None else None,
+            "size_bits": weight.numel() * bits, "bops": layer_bops,
+        })
+    quantized = other = quantizer = quantized_bits = 0
+    for p in qmodel.parameters():  # each shared tensor once
+        if id(p) in weight_bits:
+            quantized += p.numel()
+            quantized_bits += p.numel() * weight_bits[id(p)]
+        elif id(p) in quantizer_ids:
+            quantizer += p.numel()
+        else:
+            other += p.numel()
+    plan_size_bits = quantized_bits + 32 * other
+    size_bits = plan_size_bits + 32 * quantizer
+    fp32_bytes = 4 * (quantized + other)
+    return {
+        "size_bits": size_bits,
+        "size_bytes": size_bits / 8,
+        "size_mib": size_bits / 8 / 2**20,
+        "plan_size_bits": plan_size_bits,
+        "quantizer_params": quantizer,
+        "quantizer_bits": 32 * quantizer,
+        "fp32_size_bytes": fp32_bytes,
+        "fp32_size_mib": fp32_bytes / 2**20,
+        "compression": fp32_bytes * 8 / size_bits,
+        "avg_bits": quantized_bits / quantized,
+        "quantized_params": quantized,
+        "other_params": other,
+        "bops": bops,
+        "units": {"size": "bits, bytes, MiB (2^20 bytes)", "bops": "per sample: MACs x weight bits x activation bits"},
+        "layers": rows,
+    }
