@@ -258,8 +258,8 @@ def test_thread_count_does_not_change_result(n):
 
 def test_orm_thread_count_does_not_change_result():
     rng = np.random.default_rng(7)
-    f = rng.standard_normal((64, 32, 40))
-    grams = np.ascontiguousarray(f @ f.transpose(0, 2, 1))  # L²n² = 4.2e6 >= 4e6: threaded path
+    f = rng.standard_normal((128, 64, 40))
+    grams = np.ascontiguousarray(f @ f.transpose(0, 2, 1))  # L²n² = 2^26: the threaded path
     for est in ("biased", "unbiased"):
         one = core.orm_matrix(grams, est, num_threads=1)
         assert np.array_equal(one, core.orm_matrix(grams, est, num_threads=2))

@@ -70,7 +70,10 @@ int thread_count(int requested, std::size_t elements, std::size_t work_items) {
     int threads = 1;
 #ifdef _OPENMP
     threads = requested > 0 ? requested : omp_get_max_threads();
-    if (elements < (std::size_t{1} << 15)) threads = 1;  // too little work to repay a parallel region
+    // Below ~1M elements (a fraction of a millisecond on one core) a parallel region does
+    // not pay: on a machine whose other cores are busy, waiting for a descheduled
+    // worker costs a whole scheduler time slice.
+    if (elements < (std::size_t{1} << 20)) threads = 1;
 #else
     (void)requested;
     (void)elements;

@@ -71,8 +71,9 @@ void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, s
     int threads = 1;
 #ifdef _OPENMP
     threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
-    // Small problems do not repay starting a parallel region.
-    if (static_cast<double>(n) * n * d < 4e6) threads = 1;
+    // Below ~2^26 multiply-adds (about a millisecond on one core) a parallel region does not
+    // pay, and on a busy machine waiting for a descheduled worker costs a time slice.
+    if (static_cast<double>(n) * n * d < 67108864.0) threads = 1;
 #endif
     // Fixed slabs of consecutive chunks, each summed into its own buffer and the
     // buffers added in slab order: the result is the same for any thread count,

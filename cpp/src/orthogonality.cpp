@@ -87,7 +87,7 @@ void orm_matrix(const double* grams, std::size_t num_layers, std::size_t n, Esti
     int threads = 1;
 #ifdef _OPENMP
     threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-    if (static_cast<double>(num_layers) * num_layers * nn < 4e6) threads = 1;
+    if (static_cast<double>(num_layers) * num_layers * nn < 67108864.0) threads = 1;  // as in gram.cpp
     threads = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), num_layers));
 #else
     (void)num_threads;
