@@ -326,3 +326,24 @@ def test_minilm_sentence_encoder(monkeypatch):
     assert set(encoder) <= set(plan.layer_names)
     assert plan.totals["avg_bits"] <= 4
     assert len(set(plan.bits.values())) > 1  # a mixed plan, not uniform
+
+
+@pytest.mark.parametrize("budget,expected", [("3bits", [2, 3, 4]), ("3.5bits", [2, 3, 4, 5]), ("4bits", [3, 4, 5]),
+                                             ("2bits", [2, 3]), ("7.5bits", [6, 7, 8]), ("12bits", [7, 8])])
+def test_default_bits_are_a_window_around_the_budget(budget, expected):
+    torch.manual_seed(0)
+    model, x = mlp(20, (32, 16), 4), torch.randn(32, 20)
+    plan = ompq_ext.plan(model, [x], budget, progress=False)
+    assert plan.settings["bits"] == expected
+    assert set(plan.bits.values()) <= set(expected)
+
+
+def test_default_window_leaves_out_fixed_layers_and_follows_bops():
+    torch.manual_seed(0)
+    model, x = mlp(20, (32, 16), 4), torch.randn(32, 20)
+    # layer "0" (640 of 1232 weights) fixed at 8 bits leaves (6*1232 - 8*640)/592 = 3.84 bits to the others
+    plan = ompq_ext.plan(model, [x], "6bits", fixed_bits={"0": 8}, progress=False)
+    assert plan.settings["bits"] == [2, 3, 4, 5]
+    macs = 20 * 32 + 32 * 16 + 16 * 4
+    plan = ompq_ext.plan(model, [x], f"{macs * 8 * 5}BOPs", progress=False)  # 5 bits on average at A8
+    assert plan.settings["bits"] == [4, 5, 6]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import sys
 import time
 import warnings
@@ -256,6 +257,33 @@ def _bit_set(bits) -> tuple[int, ...]:
     return tuple(sorted(set(int(b) for b in values)))
 
 
+def _free_averages(groups, fixed_bits, macs, size_limit, other_bits, bops_limit, act_bits) -> list[float]:
+    """Average bits per weight left to the groups without fixed bits, under each budget."""
+    free = [g for g in groups if not fixed_bits[g.name]]
+    averages = []
+    free_params = sum(g.params for g in free)
+    if size_limit is not None and free_params:
+        spent = other_bits + sum(g.params * fixed_bits[g.name] for g in groups if fixed_bits[g.name])
+        averages.append((size_limit - spent) / free_params)
+    free_macs = sum(macs[g.name] for g in free)
+    if bops_limit is not None and free_macs:
+        spent = sum(macs[g.name] * fixed_bits[g.name] * act_bits for g in groups if fixed_bits[g.name])
+        averages.append((bops_limit - spent) / (act_bits * free_macs))
+    return averages
+
+
+def _bits_around(averages) -> tuple[int, ...]:
+    """The default bit choices: the integers within one bit of the tightest budget's average
+    bits per free weight, inside 2..8. A linear objective over a wide range puts layers at
+    the extremes; a window around the budget keeps every layer usable after plain rounding."""
+    if not averages:
+        return tuple(range(2, 9))
+    avg = min(averages)
+    lo = min(max(math.floor(avg) - 1, 2), 7)
+    hi = max(min(math.ceil(avg) + 1, 8), lo + 1)
+    return tuple(range(lo, hi + 1))
+
+
 def _fixed_bits_for(layer_names, fixed_bits) -> dict[str, int]:
     """Layer name -> fixed bits, from {name or glob pattern: bits}."""
     if not fixed_bits:
@@ -290,7 +318,7 @@ def plan(
     loader,
     budget,
     *,
-    bits=range(2, 9),
+    bits=None,
     act_bits: int = 8,
     fixed_bits: dict | None = None,
     include=None,
@@ -313,7 +341,10 @@ def plan(
 
     budget: "4.5MiB", "5MB", "3.5bits", "75GBOPs", a fraction of the FP32 size
         such as 0.15, bytes as an int, or a list of one size and one BOPs budget.
-    bits: the bit-widths to choose from. fixed_bits: {name or glob: bits}, e.g.
+    bits: the bit-widths to choose from. None (the default): every integer within one
+        bit of the budget's average bits per planned weight, inside 2..8 (e.g.
+        "3bits" -> 2, 3, 4); pass range(2, 9) for the widest search.
+        fixed_bits: {name or glob: bits}, e.g.
         {"conv1": 8, "fc": 8}. act_bits: activation bits for BOPs.
     include / exclude / layer_types: which layers are planned (names as glob
         patterns, or module types). ties: lists of layer names that share bits.
@@ -340,7 +371,7 @@ def plan(
         raise OmpqValueError(f"act_bits must be an integer in 1..32, got {act_bits!r}")
     if (latency_table is None) != (latency_budget is None):
         raise OmpqValueError("latency_table and latency_budget go together: give both or neither")
-    bit_choices = _bit_set(bits)
+    bit_choices = _bit_set(bits) if bits is not None else None
     budgets = parse_budgets(budget)
     layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types)
     fixed = _fixed_bits_for([x.name for x in layers], fixed_bits)
@@ -403,22 +434,30 @@ def plan(
     groups = group_layers(planned, ties)
     position = {name: i for i, name in enumerate(names)}
     macs = {layers[i].name: collector.macs[i] for i in ran}
-    specs = []
-    for g in groups:
-        fixed_here = {fixed[n] for n in g.layers if n in fixed}
-        if len(fixed_here) > 1:
-            raise OmpqValueError(f"fixed_bits gives the tied layers of group {g.name!r} different bits {sorted(fixed_here)}")
-        specs.append(GroupSpec(
-            name=g.name, params=g.params, macs=sum(macs[n] for n in g.layers),
-            weight=float(sum(weights[position[n]] for n in g.layers)),
-            bits=tuple(fixed_here) if fixed_here else bit_choices, act_bits=act_bits,
-        ))
     total_params = count_parameters(model)
-    planned_params = sum(s.params for s in specs)
+    planned_params = sum(g.params for g in groups)
     other_params = total_params - planned_params
     size_limit = next((b.size_limit_bits(planned_params=planned_params, other_params=other_params)
                        for b in budgets if b.kind != "bops"), None)
     bops_limit = next((b.bops_limit() for b in budgets if b.kind == "bops"), None)
+    group_fixed_bits = {}
+    for g in groups:
+        fixed_here = {fixed[n] for n in g.layers if n in fixed}
+        if len(fixed_here) > 1:
+            raise OmpqValueError(f"fixed_bits gives the tied layers of group {g.name!r} different bits {sorted(fixed_here)}")
+        group_fixed_bits[g.name] = fixed_here.pop() if fixed_here else None
+    group_macs = {g.name: sum(macs[n] for n in g.layers) for g in groups}
+    if bit_choices is None:
+        bit_choices = _bits_around(_free_averages(groups, group_fixed_bits, group_macs, size_limit,
+                                                  32 * other_params, bops_limit, act_bits))
+    specs = [
+        GroupSpec(
+            name=g.name, params=g.params, macs=group_macs[g.name],
+            weight=float(sum(weights[position[n]] for n in g.layers)),
+            bits=(group_fixed_bits[g.name],) if group_fixed_bits[g.name] else bit_choices, act_bits=act_bits,
+        )
+        for g in groups
+    ]
     latency = _group_latency(groups, latency_table) if latency_table is not None else None
     allocation = solve(specs, size_budget_bits=size_limit, other_bits=32 * other_params,
                        bops_budget=bops_limit, latency=latency, latency_budget=latency_budget,

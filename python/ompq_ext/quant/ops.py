@@ -10,6 +10,8 @@ of the scale and zero point when those require grad.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -47,7 +49,7 @@ def _fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int, qmin: i
 
 @_fake_quant.register_fake
 def _(x, scale, zero_point, axis, qmin, qmax, grad_factor):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, like the real kernel's output
 
 
 @torch.library.custom_op("ompq_ext::fake_quant_backward", mutates_args=())
@@ -63,7 +65,7 @@ def _fake_quant_backward(grad: Tensor, x: Tensor, scale: Tensor, zero_point: Ten
 
 @_fake_quant_backward.register_fake
 def _(grad, x, scale, zero_point, axis, qmin, qmax, grad_factor, scale_grad, zero_point_grad):
-    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(zero_point)
+    return x.new_empty(x.shape), scale.new_empty(scale.shape), zero_point.new_empty(zero_point.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -121,5 +123,11 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | None = None, *,
             raise OmpqValueError(
                 f"axis {axis} has {x.shape[op_axis]} channels but {scale.numel()} scales were given"
             )
+    if op_axis not in (PER_TENSOR, 0) and math.prod(x.shape[op_axis + 1:]) < 64:
+        # The kernels run along each channel's contiguous run; with a short run (channels
+        # last) move the channels to the front so the runs are long.
+        moved = _fake_quant(x.movedim(op_axis, 0).contiguous(), scale.contiguous(), zero_point.contiguous(), 0,
+                            qmin, qmax, float(grad_factor))
+        return moved.movedim(0, op_axis).contiguous()
     return _fake_quant(x.contiguous(), scale.contiguous(), zero_point.contiguous(), op_axis, qmin, qmax,
                        float(grad_factor))
