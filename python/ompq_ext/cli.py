@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import OmpqError, OmpqTypeError, OmpqValueError
-from .plan import Plan, plan
+from .plan import DEFAULT_BETA, Plan, plan
 
 
 def _import_object(spec: str, what: str):
@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--include", action="append", help="plan only layers matching this glob; repeatable")
     p.add_argument("--exclude", action="append", help="leave out layers matching this glob; repeatable")
     p.add_argument("--num-samples", type=int, default=32)
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"importance sharpness (default {DEFAULT_BETA})")
     p.add_argument("--objective", choices=["suffix_mean", "layer"], default="suffix_mean")
     p.add_argument("--estimator", choices=["biased", "unbiased"], default="biased")
     p.add_argument("--bn-mode", choices=["eval", "batch"], default="eval")
@@ -158,7 +158,12 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="print the summary of a saved plan")
     r.add_argument("plan", help="plan JSON file")
 
-    sub.add_parser("demo", help="plan the bundled MNIST-1D model at three budgets (no network needed)")
+    d = sub.add_parser("demo", help="plan, quantize and evaluate the bundled MNIST-1D model (no network needed)")
+    d.add_argument("--method", choices=["rtn", "adaround", "brecq"], default="rtn",
+                   help="weight rounding: plain (rtn, default) or a reconstruction (slower)")
+    d.add_argument("--plot", help="save a bar chart of the bits per layer here (needs matplotlib)")
+    d.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"importance sharpness (default {DEFAULT_BETA})")
+    d.add_argument("--bits", type=_bits_arg, help="OMPQ's bit choices, e.g. 2-8 (default: within one bit of the budget)")
     return parser
 
 
@@ -189,7 +194,7 @@ def _cmd_report(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run
 
-    run()
+    run(method=args.method, plot=args.plot, beta=args.beta, bits=args.bits)
     return 0
 
 

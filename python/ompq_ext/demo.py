@@ -1,7 +1,9 @@
 """``ompq-ext demo``: the embedded default. A 1-D ResNet trained by this project
 on MNIST-1D (python/ompq_ext/assets, built by scripts/make_demo_assets.py) is
-planned at three budgets from 32 unlabeled calibration signals; the demo prints
-where each plan puts the bits. No network and no training are needed.
+planned at two budgets from 32 unlabeled calibration signals, quantized
+(weights per output channel at the planned bits, activations at 8 bits), and
+compared with FP32 and with uniform precision at the same size. No network and
+no training are needed.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import numpy as np
 import torch
 
 from .models import resnet1d
-from .plan import plan
+from .plan import DEFAULT_BETA, plan
+from .quant.api import quant_report, quantize
 
-BUDGETS = ("2.5bits", "3bits", "4bits")
+BUDGET_BITS = (3, 4)
 
 
 def load_demo():
@@ -35,19 +38,57 @@ def accuracy(model, x, y) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def run(budgets=BUDGETS, num_samples: int = 32, out=print):
+def run(budget_bits=BUDGET_BITS, method: str = "rtn", num_samples: int = 32, plot: str | None = None,
+        beta: float = DEFAULT_BETA, bits=None, out=print):
+    """Plan, quantize and evaluate; returns one row per budget:
+    (budget, uniform plan, OMPQ plan, uniform accuracy, OMPQ accuracy)."""
     torch.manual_seed(0)
+    start = time.perf_counter()
     model, calib, test_x, test_y = load_demo()
-    out(f"MNIST-1D 1-D ResNet ({sum(p.numel() for p in model.parameters()):,} parameters), "
-        f"FP32 test accuracy {accuracy(model, test_x, test_y):.2%} on {len(test_y)} signals")
-    plans = []
-    for budget in budgets:
-        t = time.perf_counter()
-        result = plan(model, [calib], budget, num_samples=num_samples, progress=False)
-        plans.append(result)
-        out(f"\nbudget {budget}: {result.totals['size_mib'] * 1024:.1f} KiB, {result.totals['avg_bits']:.3f} bits "
-            f"per weight, {result.solver['status']}, planned in {time.perf_counter() - t:.2f} s")
-        width = max(len(x.name) for x in result.layers)
-        for layer in result.layers:
-            out(f"  {layer.name:<{width}} {layer.params:>7,} weights  {'#' * layer.bits:<8} {layer.bits}")
-    return plans
+    fp32 = accuracy(model, test_x, test_y)
+    out(f"MNIST-1D 1-D ResNet, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"FP32 test accuracy {fp32:.2%} on {len(test_y)} signals.")
+    out(f"Weights per output channel ({'plain rounding' if method == 'rtn' else method}), activations 8 bits; "
+        f"OMPQ (beta {beta:g}{', bits ' + ','.join(map(str, bits)) if bits else ''}) plans from {num_samples} unlabeled signals, calibration on {len(calib)}.\n")
+    out(f"{'budget':<8} {'size':>9}  {'uniform':>8}  {'OMPQ':>8}   OMPQ bits per layer, input to output")
+    rows = []
+    for b in budget_bits:
+        budget = f"{b}bits"
+        uniform = plan(model, [calib], budget, bits=[b], num_samples=num_samples, progress=False)
+        ompq = plan(model, [calib], budget, num_samples=num_samples, beta=beta, bits=bits, progress=False)
+        acc = []
+        for p in (uniform, ompq):
+            qmodel = quantize(model, p, calib=[calib], method=method, progress=False)
+            acc.append(accuracy(qmodel, test_x, test_y))
+        size = quant_report(qmodel)["size_bytes"] / 1024
+        out(f"{budget:<8} {size:>6.1f} KiB  {acc[0]:>8.2%}  {acc[1]:>8.2%}   "
+            + " ".join(str(x.bits) for x in ompq.layers))
+        rows.append((budget, uniform, ompq, acc[0], acc[1]))
+    out(f"\nFP32 {fp32:.2%}. Same size for uniform and OMPQ at each budget (planned weights at the budget's "
+        f"average bits). {time.perf_counter() - start:.1f} s in all.")
+    if plot:
+        _plot(rows, plot, out)
+    return rows
+
+
+def _plot(rows, path, out):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        out("matplotlib is not installed: no plot (pip install matplotlib)")
+        return
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 2.4 * len(rows)), squeeze=False)
+    for ax, (budget, uniform, ompq, acc_u, acc_o) in zip(axes[:, 0], rows):
+        names = [x.name for x in ompq.layers]
+        ax.bar(range(len(names)), [x.bits for x in ompq.layers], color="tab:blue", label=f"OMPQ ({acc_o:.1%})")
+        ax.axhline(uniform.layers[0].bits, color="tab:gray", ls="--", label=f"uniform ({acc_u:.1%})")
+        ax.set_ylabel("bits")
+        ax.set_title(f"budget {budget}")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    out(f"plot written to {path}")

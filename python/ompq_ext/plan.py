@@ -32,6 +32,9 @@ from .solver import GroupSpec, solve
 PLAN_FORMAT = "ompq_ext.plan"
 PLAN_VERSION = 1
 BN_MODES = ("eval", "batch")
+# Provisional, from `ompq-ext demo --beta B` (docs/BENCHMARKS.md, "Defaults"): at 3 bits with
+# plain rounding, beta <= 0.3 gives 97.9 % and beta = 1 gives 27 %. Issue 4's study revisits it.
+DEFAULT_BETA = 0.1
 
 
 @dataclass
@@ -327,7 +330,7 @@ def plan(
     ties=(),
     num_samples: int = 32,
     input_fn=None,
-    beta: float = 1.0,
+    beta: float = DEFAULT_BETA,
     objective: str = "suffix_mean",
     estimator: str = "biased",
     bn_mode: str = "eval",
@@ -350,8 +353,8 @@ def plan(
         patterns, or module types). ties: lists of layer names that share bits.
     num_samples: inputs drawn from ``loader`` (tensors, (input, target) tuples
         or dicts; input_fn turns anything else into model inputs).
-    beta, objective ("suffix_mean" | "layer"), estimator ("biased" | "unbiased"):
-        see METHOD.md. bn_mode: "eval" (running statistics) or "batch"
+    beta (default 0.1, see DEFAULT_BETA), objective ("suffix_mean" | "layer"),
+        estimator ("biased" | "unbiased"): see METHOD.md. bn_mode: "eval" (running statistics) or "batch"
         (BatchNorm in training mode, as the reference code); the model's state
         is restored either way.
     latency_table: {layer name: {bits: cost}} with latency_budget.
