@@ -141,7 +141,7 @@ def table(cases, args, small=False):
     rows = []
     for name, (shape, axis, bits, signed) in cases.items():
         numel = check_same(shape, axis, bits, signed)
-        reps = max(3, int(round((201 if small else repeats(numel)) * args.repeat_scale)))
+        reps = max(3, round((201 if small else repeats(numel)) * args.repeat_scale))
         t = {mode: interleaved_medians(workloads(shape, axis, bits, signed, mode), reps) for mode in MODES}
         rows.append((name, numel, t))
         print(f"| {name} | {numel / 1e6:.3g} M | {fmt_ms(t['fwd']['ours'])} | {fmt_ms(t['fwd']['core'])} | "

@@ -665,13 +665,14 @@ X = np.ones((2, 3), np.float32)
 
 
 def _binding(**kw):
-    args = dict(x=X, scale=S1, zero_point=Z1, axis=None, qmin=-128, qmax=127)
+    args = {"x": X, "scale": S1, "zero_point": Z1, "axis": None, "qmin": -128, "qmax": 127}
     args.update(kw)
     return lambda: core.fake_quant_forward(**args)
 
 
 def _binding_bwd(**kw):
-    args = dict(x=X, grad=X, scale=S1, zero_point=Z1, axis=None, qmin=-128, qmax=127, scale_grad=True)
+    args = {"x": X, "grad": X, "scale": S1, "zero_point": Z1, "axis": None, "qmin": -128, "qmax": 127,
+            "scale_grad": True}
     args.update(kw)
     return lambda: core.fake_quant_backward(**args)
 

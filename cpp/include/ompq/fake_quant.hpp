@@ -31,7 +31,8 @@ struct FakeQuantOptions {
 
 // y = (clamp(round(x * (1/s_c)) + z_c, qmin, qmax) - z_c) * s_c per channel c, where 1/s_c is
 // computed in float32 and round is half-to-even: bit for bit what
-// torch.fake_quantize_per_{tensor,channel}_affine compute for finite x. Zero points are
+// torch.fake_quantize_per_{tensor,channel}_affine compute for finite x with |x/s| < 2^63 (beyond,
+// torch's int64 cast overflows; this saturates by sign; NaN stays NaN). Zero points are
 // whole numbers stored as float. y may alias x. Throws std::invalid_argument on bad
 // arguments (a scale that is not positive and finite, qmin > qmax, ...).
 void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, const float* scale,
