@@ -30,3 +30,9 @@ class FeatureError(OmpqError):
 
 class PlanFileError(OmpqValueError):
     """A plan file is malformed or does not match the model it is applied to."""
+
+
+def check_choice(argument: str, value, choices) -> None:
+    """Raise OmpqValueError unless ``value`` is one of ``choices``, naming the argument and the choices."""
+    if value not in choices:
+        raise OmpqValueError(f"{argument} must be one of {tuple(choices)}, got {value!r}")

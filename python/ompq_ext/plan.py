@@ -23,7 +23,7 @@ from torch import nn
 
 from . import __version__
 from .budget import parse_budgets
-from .errors import FeatureError, OmpqError, OmpqTypeError, OmpqValueError, PlanFileError
+from .errors import FeatureError, OmpqError, OmpqTypeError, OmpqValueError, PlanFileError, check_choice
 from .features import GramCollector, gather_samples, untouched
 from .layers import count_parameters, find_layers, group_layers
 from .orthogonality import ESTIMATORS, OBJECTIVES, importance, log_theta, objective_weights, orm_matrix
@@ -362,12 +362,9 @@ def plan(
     The model is left exactly as it was: parameters, buffers, train/eval flags, hooks.
     """
     start = time.perf_counter()
-    if objective not in OBJECTIVES:
-        raise OmpqValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if estimator not in ESTIMATORS:
-        raise OmpqValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if bn_mode not in BN_MODES:
-        raise OmpqValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+    check_choice("objective", objective, OBJECTIVES)
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("bn_mode", bn_mode, BN_MODES)
     if estimator == "unbiased" and isinstance(num_samples, int) and num_samples < 4:
         raise OmpqValueError(f"the unbiased estimator needs num_samples >= 4, got {num_samples}")
     if isinstance(act_bits, bool) or not isinstance(act_bits, int) or not 1 <= act_bits <= 32:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import OmpqError, OmpqTypeError, OmpqValueError
+from ..errors import OmpqError, OmpqTypeError, OmpqValueError, check_choice
 from ..features import gather_samples, untouched
 from .modules import ACT_METHODS, SCALE_METHODS, QuantLayer
 
@@ -225,12 +225,9 @@ def quantize(
     """
     if not isinstance(model, nn.Module):
         raise OmpqTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if method not in METHODS:
-        raise OmpqValueError(f"method must be one of {METHODS}, got {method!r}")
-    if weight_scale not in SCALE_METHODS:
-        raise OmpqValueError(f"weight_scale must be one of {SCALE_METHODS}, got {weight_scale!r}")
-    if act_calib not in ACT_METHODS:
-        raise OmpqValueError(f"act_calib must be one of {ACT_METHODS}, got {act_calib!r}")
+    check_choice("method", method, METHODS)
+    check_choice("weight_scale", weight_scale, SCALE_METHODS)
+    check_choice("act_calib", act_calib, ACT_METHODS)
     if reconstruction_options and method not in RECONSTRUCTION_METHODS:
         raise OmpqValueError(
             f"{', '.join(sorted(reconstruction_options))}: unknown argument(s) for method={method!r}; "
