@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import _core
-from .errors import FeatureError, OmpqTypeError, OmpqValueError
+from .errors import FeatureError, OmpqError, OmpqTypeError, OmpqValueError
 from .layers import Layer
 
 # ---------------------------------------------------------------- batches
@@ -129,6 +129,20 @@ def gather_samples(loader, num_samples: int, input_fn=None):
         )
     args, kwargs = _concat([c[0] for c in calls]), _concat([c[1] for c in calls])
     return _take(args, num_samples), _take(kwargs, num_samples)
+
+
+def call_model(model: nn.Module, args, kwargs, *, samples: str, error=FeatureError):
+    """Run the model on gathered samples; an exception of the model's own becomes ``error``
+    saying which samples failed (``samples``: "the loader's", "calib's") and what to check."""
+    try:
+        return model(*args, **kwargs)
+    except OmpqError:
+        raise
+    except Exception as e:
+        raise error(
+            f"the model's forward pass failed on {samples} samples ({type(e).__name__}: {e}); "
+            f"check that the batches fit the model, or pass input_fn=..."
+        ) from e
 
 
 # ---------------------------------------------------------------- the model guard

@@ -23,8 +23,8 @@ from torch import nn
 
 from . import __version__
 from .budget import parse_budgets
-from .errors import FeatureError, OmpqError, OmpqTypeError, OmpqValueError, PlanFileError, check_choice
-from .features import GramCollector, gather_samples, untouched
+from .errors import FeatureError, OmpqTypeError, OmpqValueError, PlanFileError, check_choice
+from .features import GramCollector, call_model, gather_samples, untouched
 from .layers import count_parameters, find_layers, group_layers
 from .orthogonality import ESTIMATORS, OBJECTIVES, importance, log_theta, objective_weights, orm_matrix
 from .solver import GroupSpec, solve
@@ -397,15 +397,7 @@ def plan(
                 for m in model.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.train()
-            try:
-                model(*args, **kwargs)
-            except OmpqError:
-                raise
-            except Exception as e:
-                raise FeatureError(
-                    f"the model's forward pass failed on the loader's samples ({type(e).__name__}: {e}); "
-                    f"check that the batches fit the model, or pass input_fn=..."
-                ) from e
+            call_model(model, args, kwargs, samples="the loader's")
     timing["features"] = time.perf_counter() - t
 
     ran = collector.order

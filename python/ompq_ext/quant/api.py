@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import OmpqError, OmpqTypeError, OmpqValueError, check_choice
-from ..features import gather_samples, untouched
+from ..features import call_model, gather_samples, untouched
 from .modules import ACT_METHODS, SCALE_METHODS, QuantLayer
 
 METHODS = ("rtn", "adaround", "brecq")
@@ -139,15 +139,7 @@ def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
                     if show:
                         handles.append(ql.register_forward_pre_hook(pre_hook))
                 qmodel.eval()
-                try:
-                    qmodel(*args, **kwargs)
-                except OmpqError:
-                    raise
-                except Exception as e:
-                    raise OmpqError(
-                        f"the model's forward pass failed on the calibration samples ({type(e).__name__}: {e}); "
-                        f"check that calib's batches fit the model, or pass input_fn=..."
-                    ) from e
+                call_model(qmodel, args, kwargs, samples="the calibration", error=OmpqError)
             finally:
                 for h in handles:
                     h.remove()
