@@ -524,3 +524,89 @@ def test_huge_sizes_are_exact():
     assert a.bits == [8, 4] and a.size_bits == budget
     b = solve(groups, size_budget_bits=budget - 1, other_bits=12)
     assert b.bits != [8, 4] and b.size_bits <= budget - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Objective tables (values=): a value per group and bit-width, as sensitivity allocators need
+
+
+def brute_force_values(groups, table, size_budget, other_bits=0, bops_budget=None):
+    best = None
+    for p in itertools.product(*[sorted(set(g.bits)) for g in groups]):
+        if sum(g.params * b for g, b in zip(groups, p)) + other_bits > size_budget:
+            continue
+        if bops_budget is not None and sum(g.macs * g.act_bits * b for g, b in zip(groups, p)) > bops_budget:
+            continue
+        v = math.fsum(t[b] for t, b in zip(table, p))
+        best = v if best is None else max(best, v)
+    return best
+
+
+def value_tolerance(groups, table, resolution=R):
+    """Rounding each shifted value to 1/resolution of the largest spread costs at most 0.5 unit
+    per group in each of the two plans compared."""
+    spread = max(v - min(t.values()) for t in table for v in t.values())
+    return spread / resolution * len(groups)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_value_table_matches_brute_force(data):
+    groups = data.draw(groups_strategy())
+    table = [{b: data.draw(st.one_of(st.sampled_from([0.0, -1.0, 2.5]),
+                                     st.floats(-1e3, 1e3, allow_nan=False)))
+              for b in g.bits} for g in groups]
+    other_bits = data.draw(st.sampled_from([0, 777]))
+    size_budget = data.draw(st.integers(smallest_size(groups, other_bits), largest_size(groups, other_bits)))
+    bops_budget = None
+    if data.draw(st.booleans()):
+        bops_budget = data.draw(st.integers(smallest_bops(groups), largest_bops(groups)))
+    best = brute_force_values(groups, table, size_budget, other_bits, bops_budget)
+    if best is None:  # the two budgets together exclude every plan
+        with pytest.raises(InfeasibleBudgetError):
+            solve(groups, size_budget_bits=size_budget, other_bits=other_bits, bops_budget=bops_budget,
+                  values=table)
+        return
+    a = solve(groups, size_budget_bits=size_budget, other_bits=other_bits, bops_budget=bops_budget, values=table)
+    assert_within_budgets(a, groups, size_budget, other_bits, bops_budget)
+    assert a.status == "OPTIMAL" and a.gap == 0.0
+    assert a.objective == math.fsum(t[b] for t, b in zip(table, a.bits))
+    assert best - value_tolerance(groups, table) - 1e-9 <= a.objective <= best + 1e-9
+
+
+def test_value_table_is_not_linear_in_bits():
+    # 4 bits is worth more than 8 in group "a" (a non-monotone table): a weight per group cannot say that.
+    groups = [GroupSpec("a", 10, 0, 1.0, (2, 4, 8)), GroupSpec("b", 10, 0, 0.0, (2, 4, 8))]
+    table = [{2: -5.0, 4: 0.0, 8: -1.0}, {2: -3.0, 4: -2.0, 8: 0.0}]
+    a = solve(groups, size_budget_bits=10 * 12, values=table)
+    assert a.bits == [4, 8] and a.objective == -0.0
+    # The weights are ignored when a table is given.
+    b = solve([GroupSpec("a", 10, 0, 0.0, (2, 4, 8)), GroupSpec("b", 10, 0, 99.0, (2, 4, 8))],
+              size_budget_bits=10 * 12, values=table)
+    assert b.bits == [4, 8]
+
+
+def test_value_table_bound_when_stopped_early(monkeypatch):
+    rng = random.Random(4)
+    groups = [GroupSpec(f"l{i}", rng.randint(100, 10**4), 0, 1.0, (2, 4, 8)) for i in range(8)]
+    table = [{b: -rng.random() / b for b in (2, 4, 8)} for _ in groups]
+    budget = (smallest_size(groups) + largest_size(groups)) // 2
+    best = brute_force_values(groups, table, budget)
+    _StopEarly(monkeypatch, "stop_after_first_solution")
+    a = solve(groups, size_budget_bits=budget, values=table)
+    assert a.status == "FEASIBLE"
+    assert a.objective < best - value_tolerance(groups, table)
+    assert a.bound >= best - 1e-12
+
+
+@pytest.mark.parametrize("values, message", [
+    ([{2: 1.0, 4: 1.0}], "1 entries for 2 groups"),
+    ([{2: 1.0, 4: 1.0}, {2: 1.0}], r"'b'.*bits \[4\]"),
+    ([{2: 1.0, 4: 1.0}, {2: 1.0, 4: math.inf}], "'b'.*finite"),
+    ([{2: 1.0, 4: 1.0}, {2: "x", 4: 1.0}], "'b'.*numbers"),
+    ([{2: 1.0, 4: 1.0}, [1.0, 2.0]], "'b'.*mapping"),
+])
+def test_value_table_bad_input_names_the_group(values, message):
+    groups = [GroupSpec("a", 10, 0, 1.0, (2, 4)), GroupSpec("b", 10, 0, 1.0, (2, 4))]
+    with pytest.raises(OmpqValueError, match=message):
+        solve(groups, size_budget_bits=60, values=values)

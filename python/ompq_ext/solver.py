@@ -14,7 +14,9 @@ and the float costs are scaled by a power of two and rounded UP, the budget roun
 allocation the integer model accepts never exceeds the float budget (it is checked again with the
 floats afterwards).
 
-The objective ``sum_g w_g * bits_g`` has float weights; CP-SAT needs integers, so each weight is
+The objective ``sum_g w_g * bits_g`` has float weights (or, with ``values``, any table
+``sum_g V[g][bits_g]``: a per-bit-width value per group, as sensitivity allocators such as
+HAWQ's need; it uses the same 0/1 variables as latency); CP-SAT needs integers, so each weight is
 scaled to ``round(w_g / max(w) * weight_resolution)``: the resolution is ``1 / weight_resolution``
 of the largest weight. The optimum found is then within
 ``max(w) / weight_resolution * 0.5 * sum_g (max bits_g - min bits_g)`` of the float optimum
@@ -198,6 +200,44 @@ def _latency_table(groups, allowed, latency) -> list[dict[int, float]]:
     return table
 
 
+def _value_table(groups, allowed, values) -> list[dict[int, float]]:
+    """Check the objective table: one mapping per group with a finite value for each bit."""
+    if len(values) != len(groups):
+        raise OmpqValueError(
+            f"values has {len(values)} entries for {len(groups)} groups; "
+            "give one mapping bits -> value per group, in group order"
+        )
+    table = []
+    for g, bits, row in zip(groups, allowed, values):
+        if not isinstance(row, Mapping):
+            raise OmpqValueError(f"group {g.name!r}: values entry must be a mapping bits -> value")
+        missing = [b for b in bits if b not in row]
+        if missing:
+            raise OmpqValueError(
+                f"group {g.name!r}: values has no entry for bits {missing}; "
+                "give a value for every allowed bit-width"
+            )
+        try:
+            row = {b: float(row[b]) for b in bits}
+        except (TypeError, ValueError):
+            raise OmpqValueError(f"group {g.name!r}: values must be numbers") from None
+        if not all(math.isfinite(v) for v in row.values()):
+            raise OmpqValueError(f"group {g.name!r}: values must be finite")
+        table.append(row)
+    return table
+
+
+def _integer_values(table, weight_resolution):
+    """Integer objective table for CP-SAT: each row shifted by its minimum (one value per group
+    is chosen, so a constant per group changes no decision), then scaled like the weights.
+    Returns (integer table, scale, row minimums)."""
+    mins = [min(row.values()) for row in table]
+    top = max(v - m for row, m in zip(table, mins) for v in row.values())
+    scale = weight_resolution / top if top > 0 else 0.0
+    ints = [{b: round((v - m) * scale) for b, v in row.items()} for row, m in zip(table, mins)]
+    return ints, scale, mins
+
+
 def _size(groups, bits, other_bits=0) -> int:
     return sum(g.params * b for g, b in zip(groups, bits)) + other_bits
 
@@ -286,6 +326,9 @@ class _Model:
             for g, bits in zip(groups, allowed)
         ]
         self.params = [g.params for g in groups]
+        self.names = [g.name for g in groups]
+        self.allowed = allowed
+        self._chosen = None
         self.size = cp_model.LinearExpr.weighted_sum(self.bits, self.params)
         # Always checked: stage 2 maximises the size even when it has no budget.
         self._add_at_most(self.size, math.inf if size_budget is None else size_budget - other_bits,
@@ -307,16 +350,28 @@ class _Model:
         if limit < largest:  # otherwise the budget cannot bind
             self.model.add(expr <= limit)
 
-    def _add_latency(self, groups, allowed, costs, budget):
-        m = self.model
+    def chosen(self):
+        """0/1 variables is[g, b], exactly one per group, with bits[g] = sum_b b * is[g, b]."""
+        if self._chosen is None:
+            m = self.model
+            self._chosen = []
+            for name, var, bits in zip(self.names, self.bits, self.allowed):
+                row = [m.new_bool_var(f"is[{name},{b}]") for b in bits]
+                m.add_exactly_one(row)
+                m.add(var == self.cp_model.LinearExpr.weighted_sum(row, bits))
+                self._chosen.append(row)
+        return self._chosen
+
+    def table_expr(self, table):
+        """sum_g table[g][bits_g] as a linear expression over the 0/1 variables."""
         terms, coefs = [], []
-        for g, var, bits, row in zip(groups, self.bits, allowed, costs):
-            chosen = [m.new_bool_var(f"is[{g.name},{b}]") for b in bits]
-            m.add_exactly_one(chosen)
-            m.add(var == self.cp_model.LinearExpr.weighted_sum(chosen, bits))
-            terms += chosen
+        for row_vars, bits, row in zip(self.chosen(), self.allowed, table):
+            terms += row_vars
             coefs += [row[b] for b in bits]
-        m.add(self.cp_model.LinearExpr.weighted_sum(terms, coefs) <= budget)
+        return self.cp_model.LinearExpr.weighted_sum(terms, coefs)
+
+    def _add_latency(self, groups, allowed, costs, budget):
+        self.model.add(self.table_expr(costs) <= budget)
 
     def run(self, seconds, *, lexicographic=False):
         """One CP-SAT solve, single worker and fixed seed; returns (status name, solver)."""
@@ -343,11 +398,11 @@ class _Model:
         return [int(solver.value(v)) for v in self.bits]
 
 
-def _solve_stages(mdl, weights, deadline):
-    """Run the three stages; return (status of stage 1, bits or None, integer objective bound)."""
+def _solve_stages(mdl, objective, int_objective, deadline):
+    """Run the three stages on the integer ``objective`` expression (``int_objective(bits)`` is
+    its exact value for a bit vector); return (status of stage 1, bits or None, integer bound)."""
     cp_model = mdl.cp_model
     m = mdl.model
-    objective = cp_model.LinearExpr.weighted_sum(mdl.bits, weights)
 
     m.maximize(objective)
     for var, b in zip(mdl.bits, mdl.lowest):  # lowest bits meet the size and BOPs budgets
@@ -358,7 +413,7 @@ def _solve_stages(mdl, weights, deadline):
     bits = mdl.values(solver)
     if status != "OPTIMAL":
         return status, bits, solver.best_objective_bound
-    best = sum(w * b for w, b in zip(weights, bits))  # exact, unlike solver.objective_value
+    best = int_objective(bits)  # exact, unlike solver.objective_value
 
     # Stage 2: objective fixed at its optimum, use as much of the size as possible.
     m.add(objective >= best)
@@ -416,6 +471,15 @@ def _float_bound(groups, allowed, weights, int_bound, weight_resolution):
     return (int_bound + slack) / c
 
 
+def _float_value_bound(table, ints, scale, mins, int_bound):
+    """An upper bound on sum_g table[g][bits_g] from a bound on the integer table's sum."""
+    if scale == 0:
+        return math.fsum(mins)
+    slack = math.fsum(max(scale * (v - m) - row_int[b] for b, v in row.items())
+                      for row, row_int, m in zip(table, ints, mins))
+    return (int_bound + slack) / scale + math.fsum(mins)
+
+
 def _verify(groups, allowed, bits, other_bits, size_budget, bops_budget, table, latency_budget):
     """Exact check of the returned plan; a failure here is a bug, never a user error."""
     problems = [g.name for g, b, ok in zip(groups, bits, allowed) if b not in ok]
@@ -441,10 +505,15 @@ def solve(
     bops_budget: int | None = None,
     latency: Sequence[Mapping[int, float]] | None = None,
     latency_budget: float | None = None,
+    values: Sequence[Mapping[int, float]] | None = None,
     time_limit_s: float = 30.0,
     weight_resolution: int = 10**7,
 ) -> Allocation:
     """Exact bit allocation: maximise sum_g weight_g * bits_g under every given budget.
+
+    ``values``: one mapping bit-width -> value per group (finite, any sign); the objective is
+    then sum_g values[g][bits_g] and the groups' weights are ignored. A cost to minimise (a
+    sensitivity, a loss increase) is given as its negative.
 
     ``size_budget_bits`` counts ``other_bits`` (parameters outside the groups) too. ``latency``
     is one mapping bit-width -> cost per group; ``latency_budget`` bounds their sum. At least
@@ -462,20 +531,36 @@ def solve(
     _check_each_budget_alone(groups, allowed, other_bits, size_budget, bops_budget,
                              table, latency_budget, int_latency)
 
-    weights = integer_weights(groups, weight_resolution)
+    value_table = None if values is None else _value_table(groups, allowed, values)
+
     mdl = _Model(groups, allowed, other_bits, size_budget, bops_budget, int_latency)
-    status, bits, int_bound = _solve_stages(mdl, weights, start + time_limit_s)
+    if value_table is None:
+        weights = integer_weights(groups, weight_resolution)
+        expr = mdl.cp_model.LinearExpr.weighted_sum(mdl.bits, weights)
+        status, bits, int_bound = _solve_stages(
+            mdl, expr, lambda bits: sum(w * b for w, b in zip(weights, bits)), start + time_limit_s)
+    else:
+        ints, scale, mins = _integer_values(value_table, weight_resolution)
+        status, bits, int_bound = _solve_stages(
+            mdl, mdl.table_expr(ints), lambda bits: sum(row[b] for row, b in zip(ints, bits)),
+            start + time_limit_s)
     if bits is None:
         raise _no_solution_error(status, size_budget, bops_budget, latency_budget, time_limit_s)
 
     size, bops, lat = _verify(groups, allowed, bits, other_bits, size_budget, bops_budget,
                               table, latency_budget)
-    objective = _objective(groups, bits)
+    if value_table is None:
+        objective = _objective(groups, bits)
+    else:
+        objective = math.fsum(row[b] for row, b in zip(value_table, bits))
     if status == "OPTIMAL":
         bound, gap = objective, 0.0
     else:
-        bound = max(objective,
-                    _float_bound(groups, allowed, weights, int_bound, weight_resolution))
+        if value_table is None:
+            int_to_float = _float_bound(groups, allowed, weights, int_bound, weight_resolution)
+        else:
+            int_to_float = _float_value_bound(value_table, ints, scale, mins, int_bound)
+        bound = max(objective, int_to_float)
         gap = (bound - objective) / max(abs(bound), 1e-12)
     return Allocation(bits=bits, status=status, objective=objective, bound=bound, gap=gap,
                       size_bits=size, bops=bops, latency=lat,
