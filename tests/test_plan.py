@@ -272,6 +272,7 @@ def test_constant_layer_is_reported():
         (dict(objective="best"), OmpqValueError, "objective"),
         (dict(estimator="fancy"), OmpqValueError, "estimator"),
         (dict(bn_mode="train"), OmpqValueError, "bn_mode"),
+        (dict(feature_point="block"), OmpqValueError, "feature_point"),
         (dict(beta=-1.0), OmpqValueError, "beta"),
         (dict(num_samples=1), OmpqValueError, "num_samples"),
         (dict(fixed_bits={"nothing*": 8}), OmpqValueError, "nothing"),
@@ -347,3 +348,71 @@ def test_default_window_leaves_out_fixed_layers_and_follows_bops():
     macs = 20 * 32 + 32 * 16 + 16 * 4
     plan = ompq_ext.plan(model, [x], f"{macs * 8 * 5}BOPs", progress=False)  # 5 bits on average at A8
     assert plan.settings["bits"] == [4, 5, 6]
+
+
+def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
+    """Biased linear CKA from the features themselves (no Grams), in float64."""
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    cross = np.linalg.norm(a.T @ b) ** 2
+    return cross / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+
+
+def test_feature_point_activation_takes_the_next_activation_output():
+    """Each layer's features are the output of the first activation called after it (the block output
+    for a block's last conv and its shortcut); the classifier, which no activation follows, keeps its own."""
+    torch.manual_seed(0)
+    model = small_resnet2d()
+    x = torch.randn(24, 3, 12, 12)
+    warm_bn(model, x)
+    model.eval()
+    # Independent capture: the output of every activation call, and of every planned layer, in call order.
+    events = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: events.append((n, o.detach().clone().double())))
+             for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    relu = {n for n, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    expected = {}
+    for k, (name, out) in enumerate(events):
+        if name in relu:
+            continue
+        nxt = next((o for n, o in events[k + 1:] if n in relu), out)
+        expected[name] = nxt.reshape(len(x), -1).numpy()
+
+    plan = ompq_ext.plan(model, [x], "4bits", num_samples=24, feature_point="activation", progress=False)
+    assert plan.settings["feature_point"] == "activation"
+    names = plan.layer_names
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            assert plan.orm[i, j] == pytest.approx(linear_cka(expected[a], expected[b]), abs=1e-6), (a, b)
+    # This model runs a block's downsample conv first, so it shares the features of the block's
+    # first ReLU with conv1; conv2's next activation is the block output (after the add and ReLU).
+    block = next(n for n, m in model.named_modules() if getattr(m, "downsample", None) is not None)
+    conv1, conv2, down = (names.index(f"{block}.{n}") for n in ("conv1", "conv2", "downsample.0"))
+    assert plan.orm[conv1, down] == pytest.approx(1.0, abs=1e-12)
+    assert plan.orm[conv2, down] < 0.999
+    # The classifier has no activation after it: its own output, the same as feature_point="output".
+    out_plan = ompq_ext.plan(model, [x], "4bits", num_samples=24, progress=False)
+    fc = names.index("fc")
+    assert plan.orm[fc, names.index(block + ".conv1")] != out_plan.orm[fc, names.index(block + ".conv1")]
+    assert linear_cka(expected["fc"], expected["fc"]) == pytest.approx(1.0)
+
+
+def test_feature_point_activation_without_activation_modules_warns():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model, x = Functional(), torch.randn(40, 6)
+    with pytest.warns(UserWarning, match="no activation module ran"):
+        p = ompq_ext.plan(model, [x], "4bits", feature_point="activation", progress=False)
+    q = ompq_ext.plan(model, [x], "4bits", progress=False)
+    assert np.array_equal(p.orm, q.orm)

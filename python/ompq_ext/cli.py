@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -22,7 +23,11 @@ import torch
 from torch import nn
 
 from .errors import OmpqError, OmpqTypeError, OmpqValueError
-from .plan import DEFAULT_BETA, Plan, plan
+from .features import FEATURE_POINTS
+from .orthogonality import ESTIMATORS, OBJECTIVES
+from .plan import BN_MODES, DEFAULT_BETA, Plan, plan
+
+PLAN_DEFAULTS = {name: p.default for name, p in inspect.signature(plan).parameters.items()}
 
 
 def _import_object(spec: str, what: str):
@@ -141,17 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", required=True, action="append",
                    help="4.5MiB | 5MB | 3.5bits | 0.15 | 75GBOPs; repeat for a size and a BOPs budget")
     p.add_argument("-o", "--output", help="write the plan as JSON here")
-    p.add_argument("--bits", type=_bits_arg, default=list(range(2, 9)), help="choices, e.g. 2-8 or 2,4,8")
+    p.add_argument("--bits", type=_bits_arg, default=None,
+                   help="choices, e.g. 2-8 or 2,4,8 (default: within one bit of the budget, as plan())")
     p.add_argument("--act-bits", type=int, default=8, help="activation bits for BOPs (default 8)")
     p.add_argument("--fixed", type=_fixed_arg, action="append", default=[], metavar="NAME=BITS",
                    help="fix a layer's bits (NAME may be a glob); repeatable")
     p.add_argument("--include", action="append", help="plan only layers matching this glob; repeatable")
     p.add_argument("--exclude", action="append", help="leave out layers matching this glob; repeatable")
-    p.add_argument("--num-samples", type=int, default=32)
+    p.add_argument("--num-samples", type=int, default=PLAN_DEFAULTS["num_samples"])
     p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"importance sharpness (default {DEFAULT_BETA})")
-    p.add_argument("--objective", choices=["suffix_mean", "layer"], default="suffix_mean")
-    p.add_argument("--estimator", choices=["biased", "unbiased"], default="biased")
-    p.add_argument("--bn-mode", choices=["eval", "batch"], default="eval")
+    p.add_argument("--objective", choices=OBJECTIVES, default=PLAN_DEFAULTS["objective"])
+    p.add_argument("--feature-point", choices=FEATURE_POINTS, default=PLAN_DEFAULTS["feature_point"],
+                   help="features at each layer's output or after the next activation")
+    p.add_argument("--estimator", choices=ESTIMATORS, default=PLAN_DEFAULTS["estimator"])
+    p.add_argument("--bn-mode", choices=BN_MODES, default=PLAN_DEFAULTS["bn_mode"])
     p.add_argument("--time-limit", type=float, default=30.0, help="solver time limit in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress display and no summary")
 
@@ -174,7 +182,8 @@ def _cmd_plan(args) -> int:
         model, data, args.budget if len(args.budget) > 1 else args.budget[0],
         bits=args.bits, act_bits=args.act_bits, fixed_bits=dict(args.fixed), include=args.include,
         exclude=args.exclude, num_samples=args.num_samples, beta=args.beta, objective=args.objective,
-        estimator=args.estimator, bn_mode=args.bn_mode, time_limit_s=args.time_limit,
+        feature_point=args.feature_point, estimator=args.estimator, bn_mode=args.bn_mode,
+        time_limit_s=args.time_limit,
         progress=not args.quiet,
     )
     if not args.quiet:

@@ -189,26 +189,57 @@ def _flatten_samples(out: torch.Tensor, n: int) -> torch.Tensor:
     return flat
 
 
-class GramCollector:
-    """Forward hooks on the planned layers. Each call of a layer adds X Xᵀ of its
-    output (flattened per sample) to the layer's Gram; a layer called twice has
-    its features concatenated, which the Gram's additivity makes exact."""
+FEATURE_POINTS = ("output", "activation")
+# Modules that count as "the following activation" for feature_point="activation"; besides these,
+# any module whose class name ends in "Activation" (the Hugging Face convention, e.g. GELUActivation).
+ACTIVATION_TYPES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Softsign,
+)
 
-    def __init__(self, layers: list[Layer], num_samples: int, *, num_threads: int = 0, progress=None):
+
+def is_activation(module: nn.Module) -> bool:
+    return isinstance(module, ACTIVATION_TYPES) or type(module).__name__.endswith("Activation")
+
+
+class GramCollector:
+    """Forward hooks that fold each planned layer's features into its N x N Gram.
+
+    ``feature_point="output"``: a layer's features are its own output. ``"activation"``: the
+    output of the first activation module that runs after the layer (for a ResNet block's last
+    conv and its shortcut that is the block output, after the residual add and ReLU, as in the
+    reference code); a layer that no activation follows keeps its own output.
+
+    A layer called twice has its features concatenated, which the Gram's additivity makes exact.
+    """
+
+    def __init__(self, layers: list[Layer], num_samples: int, *, feature_point: str = "output",
+                 model: nn.Module | None = None, num_threads: int = 0, progress=None):
+        if feature_point not in FEATURE_POINTS:
+            raise OmpqValueError(f"feature_point must be one of {FEATURE_POINTS}, got {feature_point!r}")
+        if feature_point == "activation" and model is None:
+            raise OmpqValueError("feature_point='activation' needs the model, to find its activations")
         self.layers = layers
         self.n = num_samples
+        self.feature_point = feature_point
+        self.model = model
         self.num_threads = num_threads
         self.progress = progress
         self.grams = np.zeros((len(layers), num_samples, num_samples))
         self.calls = [0] * len(layers)
         self.macs = [0] * len(layers)
         self.order: list[int] = []  # layer indices in the order they first ran
-        self.error: Exception | None = None
+        self.activation_calls = 0
+        self._pending: dict[int, torch.Tensor] = {}  # layer -> its own output, until an activation runs
         self._handles = []
 
     def __enter__(self):
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.module.register_forward_hook(self._hook(i)))
+        if self.feature_point == "activation":
+            for module in self.model.modules():
+                if is_activation(module):
+                    self._handles.append(module.register_forward_hook(self._activation_hook))
         return self
 
     def __exit__(self, *exc):
@@ -217,6 +248,39 @@ class GramCollector:
         self._handles.clear()
         return False
 
+    def finish(self):
+        """After the forward pass: layers no activation followed use their own output."""
+        for i, out in self._pending.items():
+            self._accumulate(i, out, self.layers[i].name)
+        self._pending.clear()
+
+    def _accumulate(self, i: int, out: torch.Tensor, source: str):
+        if out.dim() == 0 or out.shape[0] != self.n:
+            raise FeatureError(
+                f"{source} output has shape {tuple(out.shape)}, whose first dimension is not the "
+                f"{self.n} samples; exclude the layer or pass input_fn so the batch dimension comes first"
+            )
+        flat = _flatten_samples(out.detach(), self.n)
+        array, tag = _gram_operands(flat)
+        _core.gram_accumulate(array, self.grams[i], dtype=tag, num_threads=self.num_threads)
+        diagonal = np.diagonal(self.grams[i])
+        if not np.all(np.isfinite(diagonal)):
+            raise FeatureError(
+                f"layer {self.layers[i].name!r} produced NaN or Inf features (or their squares overflow); "
+                f"check the model and its inputs, or exclude the layer"
+            )
+
+    def _activation_hook(self, module, inputs, output):
+        self.activation_calls += 1
+        if not self._pending:
+            return
+        out = _first_tensor(output)
+        if out is None or not out.is_floating_point():
+            return  # not a tensor activation: the pending layers wait for the next one
+        for i in self._pending:
+            self._accumulate(i, out, f"activation {type(module).__name__} after layer {self.layers[i].name!r}")
+        self._pending.clear()
+
     def _hook(self, i):
         layer = self.layers[i]
 
@@ -224,20 +288,12 @@ class GramCollector:
             out = _first_tensor(output)
             if out is None or not out.is_floating_point():
                 raise FeatureError(f"layer {layer.name!r} returned no floating-point tensor; exclude it")
-            if out.dim() == 0 or out.shape[0] != self.n:
-                raise FeatureError(
-                    f"layer {layer.name!r} output has shape {tuple(out.shape)}, whose first dimension is not the "
-                    f"{self.n} samples; exclude the layer or pass input_fn so the batch dimension comes first"
-                )
-            flat = _flatten_samples(out.detach(), self.n)
-            array, tag = _gram_operands(flat)
-            _core.gram_accumulate(array, self.grams[i], dtype=tag, num_threads=self.num_threads)
-            diagonal = np.diagonal(self.grams[i])
-            if not np.all(np.isfinite(diagonal)):
-                raise FeatureError(
-                    f"layer {layer.name!r} produced NaN or Inf features (or their squares overflow); "
-                    f"check the model and its inputs, or exclude the layer"
-                )
+            if self.feature_point == "output":
+                self._accumulate(i, out, f"layer {layer.name!r}")
+            else:
+                if out.dim() == 0 or out.shape[0] != self.n:
+                    self._accumulate(i, out, f"layer {layer.name!r}")  # raises the shape error
+                self._pending[i] = out.detach()
             # MACs per sample: output elements x weight elements per output channel.
             weight = module.weight
             self.macs[i] += (out[0].numel()) * (weight.numel() // weight.shape[0])

@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .budget import parse_budgets
 from .errors import FeatureError, OmpqTypeError, OmpqValueError, PlanFileError, check_choice
-from .features import GramCollector, call_model, gather_samples, untouched
+from .features import FEATURE_POINTS, GramCollector, call_model, gather_samples, untouched
 from .layers import count_parameters, find_layers, group_layers
 from .orthogonality import ESTIMATORS, OBJECTIVES, importance, log_theta, objective_weights, orm_matrix
 from .solver import GroupSpec, solve
@@ -332,6 +332,7 @@ def plan(
     input_fn=None,
     beta: float = DEFAULT_BETA,
     objective: str = "suffix_mean",
+    feature_point: str = "output",
     estimator: str = "biased",
     bn_mode: str = "eval",
     latency_table: dict | None = None,
@@ -354,7 +355,10 @@ def plan(
     num_samples: inputs drawn from ``loader`` (tensors, (input, target) tuples
         or dicts; input_fn turns anything else into model inputs).
     beta (default 0.1, see DEFAULT_BETA), objective ("suffix_mean" | "layer"),
-        estimator ("biased" | "unbiased"): see METHOD.md. bn_mode: "eval" (running statistics) or "batch"
+        estimator ("biased" | "unbiased"): see METHOD.md. feature_point: "output" (each
+        layer's own output) or "activation" (the output of the first activation module that
+        runs after the layer: for a ResNet block's last conv, the block output after the add
+        and ReLU, as the reference code); docs/QUALITY.md compares them. bn_mode: "eval" (running statistics) or "batch"
         (BatchNorm in training mode, as the reference code); the model's state
         is restored either way.
     latency_table: {layer name: {bits: cost}} with latency_budget.
@@ -364,6 +368,7 @@ def plan(
     start = time.perf_counter()
     check_choice("objective", objective, OBJECTIVES)
     check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("feature_point", feature_point, FEATURE_POINTS)
     check_choice("bn_mode", bn_mode, BN_MODES)
     if estimator == "unbiased" and isinstance(num_samples, int) and num_samples < 4:
         raise OmpqValueError(f"the unbiased estimator needs num_samples >= 4, got {num_samples}")
@@ -390,7 +395,7 @@ def plan(
     with tqdm(total=len(layers), desc="ompq: feature pass", unit="layer", disable=not show,
               file=sys.stderr, leave=False) as bar:
         with untouched(model), torch.no_grad(), GramCollector(
-            layers, num_samples, num_threads=num_threads, progress=bar
+            layers, num_samples, feature_point=feature_point, model=model, num_threads=num_threads, progress=bar
         ) as collector:
             model.eval()
             if bn_mode == "batch":
@@ -398,6 +403,11 @@ def plan(
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.train()
             call_model(model, args, kwargs, samples="the loader's")
+            collector.finish()
+    if feature_point == "activation" and collector.activation_calls == 0:
+        warnings.warn("feature_point='activation' but no activation module ran in the forward pass "
+                      "(functional activations have no module to hook); every layer's own output was used",
+                      stacklevel=2)
     timing["features"] = time.perf_counter() - t
 
     ran = collector.order
@@ -495,7 +505,7 @@ def plan(
                 "gap": allocation.gap, "solve_time_s": allocation.solve_time_s},
         settings={
             "bits": list(bit_choices), "act_bits": act_bits, "fixed_bits": fixed, "num_samples": num_samples,
-            "beta": beta, "objective": objective, "estimator": estimator, "bn_mode": bn_mode,
+            "beta": beta, "objective": objective, "feature_point": feature_point, "estimator": estimator, "bn_mode": bn_mode,
             "ties": [list(t) for t in ties or ()], "time_limit_s": time_limit_s,
         },
         timing=timing,
