@@ -278,6 +278,7 @@ def test_constant_layer_is_reported():
         (dict(fixed_bits={"nothing*": 8}), OmpqValueError, "nothing"),
         (dict(loader=42), OmpqTypeError, "iterable"),
         (dict(loader=[["a", "b"]]), OmpqTypeError, "input_fn"),
+        (dict(loader=[torch.randn(20, 6), torch.randn(20, 7)]), OmpqTypeError, "different shapes.*pad"),
     ],
 )
 def test_bad_input_raises_a_named_error(kwargs, error, match):

@@ -104,10 +104,13 @@ def fashion_available() -> bool:
                for k in ("train", "t10k") for t in ("images-idx3", "labels-idx1"))
 
 
-def calibration(split: Split, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` training inputs (never test data), a fixed draw for ``seed``; labels are dropped."""
+def calibration(split: Split, n: int, seed: int = 0, *, labels: bool = False):
+    """``n`` training inputs (never test data), a fixed draw for ``seed``; with ``labels``,
+    (inputs, their labels) for the allocators that need labels."""
     g = torch.Generator().manual_seed(10_000 + seed)
     pick = torch.randperm(len(split.x_train), generator=g)[:n]
+    if labels:
+        return split.x_train[pick].clone(), split.y_train[pick].clone()
     return split.x_train[pick].clone()
 
 

@@ -74,6 +74,13 @@ def _as_call(inputs):
 def _concat(parts):
     first = parts[0]
     if isinstance(first, torch.Tensor):
+        shapes = {tuple(p.shape[1:]) for p in parts}
+        if len(shapes) > 1:
+            raise OmpqTypeError(
+                f"cannot join batches whose samples have different shapes {sorted(shapes)} (e.g. text padded "
+                f"to each batch's longest sequence); pad every batch to one length, or give batches that "
+                f"hold all the samples needed at once"
+            )
         return torch.cat(parts, dim=0)
     if isinstance(first, Mapping):
         return {k: _concat([p[k] for p in parts]) for k in first}
