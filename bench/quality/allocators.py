@@ -50,7 +50,9 @@ class Task:
     outputs: Callable[[nn.Module], torch.Tensor]     # model outputs on calibration inputs (KL table)
     divergence: Callable[[torch.Tensor, torch.Tensor], float]  # (outputs, FP32 outputs) -> divergence
     evaluate: Callable[[nn.Module], dict]            # test metrics; "score" is the one compared
-    data_needs: dict = dataclasses.field(default_factory=dict)  # allocator -> what data it used
+    plan_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. layers to leave out
+    probes: int = 32                 # Hutchinson probes for the Hessian traces
+    info: dict = dataclasses.field(default_factory=dict)  # FP32 score, whether the model was cached
 
 
 # ---------------------------------------------------------------- plans from bits
@@ -153,15 +155,25 @@ def hutchinson_traces(task: Task, names: list[str], probes: int, seed: int = 0) 
     model.eval()
     g = torch.Generator().manual_seed(seed)
     sums = np.zeros(len(names))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     try:
         for p in params:
             p.requires_grad_(True)
-        loss = task.loss(model)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
+        # Hessian-vector products need double backward, which only the math attention kernel has.
+        with sdpa_kernel(SDPBackend.MATH):
+            loss = task.loss(model)
+        # A layer that runs but does not reach the loss (e.g. a pooler the loss ignores) has no
+        # gradient: its trace is 0.
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        used = [k for k, gr in enumerate(grads) if gr is not None]
         for k in range(probes):
-            vs = [torch.randint(0, 2, p.shape, generator=g).to(p.dtype) * 2 - 1 for p in params]
-            hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=k < probes - 1)
-            sums += np.array([float((v * h).sum()) for v, h in zip(vs, hv)])
+            vs = [torch.randint(0, 2, params[i].shape, generator=g).to(params[i].dtype) * 2 - 1 for i in used]
+            hv = torch.autograd.grad([grads[i] for i in used], [params[i] for i in used], grad_outputs=vs,
+                                     retain_graph=k < probes - 1, allow_unused=True)
+            for i, v, h in zip(used, vs, hv):
+                if h is not None:
+                    sums[i] += float((v * h).sum())
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)

@@ -77,7 +77,7 @@ def classification_task(name: str, seed: int, split, args, log) -> al.Task:
         testbed=name, seed=seed, model=model, calib=qdata.batches(x, args.batch_size), input_fn=None,
         loss=lambda m: F.cross_entropy(m(x), y), outputs=outputs, divergence=divergence,
         evaluate=lambda m: {"score": qtrain.evaluate(m, split.x_test, split.y_test)},
-        data_needs={"fp32": qtrain.evaluate(model, split.x_test, split.y_test), "cached": rec["loaded"]},
+        probes=args.probes, info={"fp32": qtrain.evaluate(model, split.x_test, split.y_test), "cached": rec["loaded"]},
     )
 
 
@@ -115,7 +115,9 @@ def minilm_task(seed: int, args, log) -> al.Task:
     return al.Task(
         testbed="minilm", seed=seed, model=model, calib=calib, input_fn=minilm.as_call, loss=loss,
         outputs=outputs, divergence=lambda out, ref: float(1 - F.cosine_similarity(out, ref).mean()),
-        evaluate=evaluate, data_needs={"fp32": fp32["top1"], "cached": True},
+        evaluate=evaluate, probes=args.minilm_probes, info={"fp32": fp32["top1"], "cached": True},
+        # mean pooling never reads the pooler: its output reaches no embedding, so it is not planned
+        plan_kwargs={"exclude": ["*pooler*"]},
     )
 
 
@@ -138,10 +140,11 @@ def ompq_variants(args):
 def run_instance(task: al.Task, args, log) -> list[dict]:
     runs = []
     model = task.model
-    kw = dict(input_fn=task.input_fn, progress=False)
-    log(f"{task.testbed} seed {task.seed}: FP32 score {task.data_needs['fp32']:.4f}")
+    kw = dict(input_fn=task.input_fn, progress=False, **task.plan_kwargs)
+    qkw = dict(input_fn=task.input_fn, progress=False)
+    log(f"{task.testbed} seed {task.seed}: FP32 score {task.info['fp32']:.4f}")
     runs.append(dict(testbed=task.testbed, seed=task.seed, budget="32", allocator="FP32", family="FP32",
-                     method="-", score=task.data_needs["fp32"], avg_bits=32.0))
+                     method="-", score=task.info["fp32"], avg_bits=32.0))
     act_bits = 0 if task.testbed == "minilm" else 8
 
     # Budget-independent measurements, once per instance.
@@ -149,7 +152,7 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
     names = base0.layer_names
     qw = al.QuantizedWeights(model, names)
     all_bits = sorted({b for budget in args.budgets for b in _window(model, task, budget, kw)})
-    (traces, t_hessian) = al.timed(al.hutchinson_traces, task, names, args.probes, task.seed)
+    (traces, t_hessian) = al.timed(al.hutchinson_traces, task, names, task.probes, task.seed)
     reference = task.outputs(model)
     t = time.perf_counter()
     table = al.kl_table(task, names, all_bits, qw, reference)
@@ -159,17 +162,18 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
         for b in all_bits:
             qw.error(n, b)
     t_qw = time.perf_counter() - t
-    log(f"  Hessian traces {t_hessian:.1f} s ({args.probes} probes), KL table {t_kl:.1f} s, "
+    log(f"  Hessian traces {t_hessian:.1f} s ({task.probes} probes), KL table {t_kl:.1f} s, "
         f"quantized weights {t_qw:.1f} s")
 
-    if task.testbed == "minilm":  # why MiniLM is quantized weights-only: per-tensor A8 alone
-        for ab in (8, 0):
-            p = ompq_ext.plan(model, task.calib, "8bits", bits=[8], **kw)
-            q = quantize(model, p, calib=task.calib, method="rtn", act_bits=ab, num_calib=args.calib, **kw)
-            r = task.evaluate(q)
-            runs.append(dict(testbed=task.testbed, seed=task.seed, budget="8", allocator=f"uniform W8A{ab or 32}",
-                             family="activation check", method="rtn", avg_bits=8.0, **r))
-            log(f"  uniform W8A{ab or 32}: {r}")
+    if task.testbed == "minilm":  # why MiniLM is quantized weights-only
+        for wb in (8, 4):
+            for ab in (8, 0):
+                p = ompq_ext.plan(model, task.calib, f"{wb}bits", bits=[wb], **kw)
+                q = quantize(model, p, calib=task.calib, method="rtn", act_bits=ab, num_calib=args.calib, **qkw)
+                r = task.evaluate(q)
+                runs.append(dict(testbed=task.testbed, seed=task.seed, budget=str(wb), allocator=f"uniform W{wb}A{ab or 32}",
+                                 family="activation check", method="rtn", avg_bits=float(wb), **r))
+                log(f"  uniform W{wb}A{ab or 32}: {r}")
 
     for budget in args.budgets:
         t = time.perf_counter()
@@ -211,7 +215,7 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
                     t = time.perf_counter()
                     extra = {"iters": args.iters} if method != "rtn" else {}
                     q = quantize(model, p, calib=task.calib, method=method, act_bits=act_bits,
-                                 num_calib=args.calib, **kw, **extra)
+                                 num_calib=args.calib, **qkw, **extra)
                     q_s = time.perf_counter() - t
                     done[key] = {**task.evaluate(q), "quantize_seconds": q_s}
                 r = done[key]
@@ -401,6 +405,7 @@ def main(argv=None):
     p.add_argument("--betas", type=float, nargs="+", default=[0.03, 0.3, 1.0, 3.0, 10.0])
     p.add_argument("--samples", type=int, nargs="+", default=[16, 64], help="num_samples variants of OMPQ")
     p.add_argument("--probes", type=int, default=32, help="Hutchinson probes for the Hessian traces")
+    p.add_argument("--minilm-probes", type=int, default=8, help="the same for MiniLM (about 10 s each)")
     p.add_argument("--recon-budgets", nargs="+", default=["3"])
     p.add_argument("--recon-method", default="brecq")
     p.add_argument("--recon-allocators", nargs="+",
@@ -456,7 +461,7 @@ def main(argv=None):
              f"{', '.join(args.recon_budgets) or 'no'} bits for {', '.join(args.recon_allocators)} on "
              f"{', '.join(args.recon_testbeds)}; calibration {args.calib} training inputs; OMPQ plans from the first "
              f"32 (plan()'s default); {args.random} random plans per budget; Hessian traces from {args.probes} "
-             f"Hutchinson probes.", ""]
+             f"Hutchinson probes ({args.minilm_probes} for MiniLM).", ""]
     for name in args.testbeds:
         lines += [f"### {names[name]}", "", score_table(runs, name, args.budgets, args.recon_method), "",
                   "OMPQ default minus each allocator, paired by seed (points; seeds where OMPQ is better/equal/worse):",
