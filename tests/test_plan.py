@@ -135,11 +135,13 @@ def test_layer_order_is_execution_order_and_suffix_mean():
             return self.a(torch.relu(self.b(x)))
 
     torch.manual_seed(0)
-    plan = ompq_ext.plan(Backwards(), [torch.randn(16, 8)], "4bits", num_samples=16, objective="layer", progress=False)
+    plan = ompq_ext.plan(Backwards(), [torch.randn(16, 8)], "4bits", num_samples=16, progress=False)
+    assert plan.settings["objective"] == "layer"  # the default (docs/QUALITY.md)
     assert plan.layer_names == ["b", "a"]
     theta = np.exp([layer.log_theta for layer in plan.layers])
     assert np.allclose([layer.weight for layer in plan.layers], theta / theta.max())
-    plan2 = ompq_ext.plan(Backwards(), [torch.randn(16, 8)], "4bits", num_samples=16, progress=False)
+    plan2 = ompq_ext.plan(Backwards(), [torch.randn(16, 8)], "4bits", num_samples=16, objective="suffix_mean",
+                          progress=False)
     theta2 = np.exp([layer.log_theta for layer in plan2.layers])
     expected = np.array([theta2.mean(), theta2[1]])
     assert np.allclose([layer.weight for layer in plan2.layers], expected / expected.max())

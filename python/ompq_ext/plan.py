@@ -32,9 +32,11 @@ from .solver import GroupSpec, solve
 PLAN_FORMAT = "ompq_ext.plan"
 PLAN_VERSION = 1
 BN_MODES = ("eval", "batch")
-# Provisional, from `ompq-ext demo --beta B` (docs/BENCHMARKS.md, "Defaults"): at 3 bits with
-# plain rounding, beta <= 0.3 gives 97.9 % and beta = 1 gives 27 %. Issue 4's study revisits it.
+# Defaults set by the allocation-quality study (docs/QUALITY.md, "Defaults"): beta 0.03..0.3 give the
+# same plans and beta >= 1 loses accuracy; objective "layer" (theta_i alone) beats the reference's
+# "suffix_mean" where they differ; the feature point and num_samples 16..64 change nothing measurable.
 DEFAULT_BETA = 0.1
+DEFAULT_OBJECTIVE = "layer"
 
 
 @dataclass
@@ -331,7 +333,7 @@ def plan(
     num_samples: int = 32,
     input_fn=None,
     beta: float = DEFAULT_BETA,
-    objective: str = "suffix_mean",
+    objective: str = DEFAULT_OBJECTIVE,
     feature_point: str = "output",
     estimator: str = "biased",
     bn_mode: str = "eval",
@@ -354,7 +356,8 @@ def plan(
         patterns, or module types). ties: lists of layer names that share bits.
     num_samples: inputs drawn from ``loader`` (tensors, (input, target) tuples
         or dicts; input_fn turns anything else into model inputs).
-    beta (default 0.1, see DEFAULT_BETA), objective ("suffix_mean" | "layer"),
+    beta (default 0.1), objective ("layer", the default: theta_i alone | "suffix_mean", the
+        reference code's mean over layer i and every later layer),
         estimator ("biased" | "unbiased"): see METHOD.md. feature_point: "output" (each
         layer's own output) or "activation" (the output of the first activation module that
         runs after the layer: for a ResNet block's last conv, the block output after the add
