@@ -44,6 +44,17 @@ def machine() -> str:
             f"{datetime.date.today().isoformat()}")
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM belongs to the process's own address space;
+    ru_maxrss would not do for a subprocess: Linux carries the parent's high-water mark over
+    fork + exec, so every child of a large parent reports at least the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def busy_percent(seconds: float = 1.0):
     """CPU time used by anything (all processes) over `seconds`, in % of all CPUs (Linux only)."""
     def sample():

@@ -6,7 +6,6 @@ what storing every layer's features would take.
 """
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from torch import nn
 import ompq_ext
 from ompq_ext.models import resnet18
 
-from common import machine
+from common import machine, peak_rss_bytes
 
 
 def setup(samples):
@@ -54,7 +53,7 @@ def child(kind, samples):
     forward(model, x)
     if kind == "plan":
         ompq_ext.plan(model, [x], "4.5MiB", num_samples=samples, progress=False)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(peak_rss_bytes())
 
 
 def peak(kind, samples):
