@@ -5,11 +5,15 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <vector>
 #include <string>
 
 #include "ompq/ompq.hpp"
+#ifdef OMPQ_HAVE_CUDA
+#include "ompq/cuda.hpp"
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -289,6 +293,42 @@ PYBIND11_MODULE(_core, m) {
           py::arg("isa") = "best", py::arg("num_threads") = 0,
           "(grad_x, grad_scale or None, grad_zero_point or None): straight-through with the clipping mask, "
           "and the LSQ gradients of scale and zero point.");
+#ifdef OMPQ_HAVE_CUDA
+    m.attr("cuda_built") = true;
+    m.def("cuda_device_available", &ompq::cuda::device_available, "Whether a CUDA device is visible.");
+    m.def("gram_workspace_bytes", [](std::int64_t n, std::int64_t d) {
+        if (n < 1 || d < 1) fail("n and d must be >= 1");
+        return ompq::cuda::gram_workspace_bytes(static_cast<std::size_t>(n), static_cast<std::size_t>(d));
+    }, py::arg("n"), py::arg("d"), "Bytes of device workspace gram_accumulate_cuda needs.");
+    m.def("gram_accumulate_cuda", [](std::uintptr_t x, const std::string& dtype, std::int64_t n, std::int64_t d,
+                                     std::int64_t row_stride, std::uintptr_t gram, std::uintptr_t workspace,
+                                     std::int64_t workspace_bytes, std::uintptr_t stream) {
+        ompq::DType dt;
+        if (dtype == "f32") dt = ompq::DType::f32;
+        else if (dtype == "f16") dt = ompq::DType::f16;
+        else if (dtype == "bf16") dt = ompq::DType::bf16;
+        else fail("dtype must be 'f32', 'f16' or 'bf16', got '" + dtype + "'");
+        if (n < 1 || d < 1 || row_stride < d) fail("need n >= 1, d >= 1 and row_stride >= d");
+        if (x == 0 || gram == 0 || workspace == 0) fail("x, gram and workspace must be device pointers, got a null one");
+        const auto need = ompq::cuda::gram_workspace_bytes(static_cast<std::size_t>(n), static_cast<std::size_t>(d));
+        if (workspace_bytes < 0 || static_cast<std::size_t>(workspace_bytes) < need)
+            fail("workspace_bytes is " + std::to_string(workspace_bytes) + ", needs " + std::to_string(need));
+        try {
+            py::gil_scoped_release release;
+            ompq::cuda::gram_accumulate(reinterpret_cast<const void*>(x), dt, static_cast<std::size_t>(n),
+                                        static_cast<std::size_t>(d), static_cast<std::size_t>(row_stride),
+                                        reinterpret_cast<double*>(gram), reinterpret_cast<void*>(workspace),
+                                        static_cast<std::size_t>(workspace_bytes), reinterpret_cast<void*>(stream));
+        } catch (const std::exception& e) {
+            fail(e.what());
+        }
+    }, py::arg("x"), py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("row_stride"), py::arg("gram"),
+       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
+       "gram (n x n float64, device) += X Xᵀ for device features X (n rows of row_stride elements), "
+       "enqueued on `stream` (a cudaStream_t as an integer) without host synchronisation.");
+#else
+    m.attr("cuda_built") = false;
+#endif
     m.def("available_isas", &ompq::available_isas, "Instruction sets whose kernels run on this CPU.");
     m.def("best_isa", &ompq::best_isa, "The instruction set used by default.");
 }

@@ -174,10 +174,32 @@ def untouched(model: nn.Module):
 # ---------------------------------------------------------------- the Gram hooks
 
 
+def cuda_kernels_usable() -> bool:
+    """Whether the core was built with its CUDA kernels and a device is visible."""
+    return bool(getattr(_core, "cuda_built", False)) and _core.cuda_device_available()
+
+
+_CUDA_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
+def gram_accumulate_cuda(flat: torch.Tensor, gram: torch.Tensor) -> None:
+    """gram (N x N float64 on flat's device) += flat flatᵀ with the core's CUDA kernel, on torch's
+    current stream; nothing waits for it (the values are read after the forward pass)."""
+    if flat.dtype not in _CUDA_DTYPES:
+        flat = flat.float()
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    n, d = flat.shape
+    workspace = torch.empty(_core.gram_workspace_bytes(n, d), dtype=torch.uint8, device=flat.device)
+    stream = torch.cuda.current_stream(flat.device).cuda_stream
+    _core.gram_accumulate_cuda(flat.data_ptr(), _CUDA_DTYPES[flat.dtype], n, d, flat.stride(0), gram.data_ptr(),
+                               workspace.data_ptr(), workspace.numel(), stream)
+
+
 def _gram_operands(flat: torch.Tensor):
     """A 2-D CPU tensor as (numpy array, dtype tag) for the core, converting only what it cannot read."""
     if flat.device.type != "cpu":
-        flat = flat.cpu()  # CUDA kernels land with the CUDA issue; until then Grams are formed on the CPU
+        flat = flat.cpu()  # a device tensor without the CUDA kernels: the Gram is formed on the CPU
     if flat.dtype == torch.bfloat16:
         return flat.view(torch.int16).numpy(), "bf16"
     if flat.dtype not in (torch.float32, torch.float16, torch.float64):
@@ -238,6 +260,9 @@ class GramCollector:
         self.order: list[int] = []  # layer indices in the order they first ran
         self.activation_calls = 0
         self._pending: dict[int, torch.Tensor] = {}  # layer -> its own output, until an activation runs
+        self._device_grams: dict[torch.device, torch.Tensor] = {}  # (L, N, N) float64 per CUDA device
+        self._on_device: set[int] = set()  # layers with a Gram on a device, checked in finish()
+        self._use_cuda = cuda_kernels_usable()
         self._handles = []
 
     def __enter__(self):
@@ -256,10 +281,24 @@ class GramCollector:
         return False
 
     def finish(self):
-        """After the forward pass: layers no activation followed use their own output."""
+        """After the forward pass: layers no activation followed use their own output, and the
+        Grams formed on a GPU are added to the host ones (one copy per device)."""
         for i, out in self._pending.items():
             self._accumulate(i, out, self.layers[i].name)
         self._pending.clear()
+        for grams in self._device_grams.values():
+            self.grams += grams.cpu().numpy()
+        self._device_grams.clear()
+        for i in sorted(self._on_device):
+            self._check_finite(i)
+        self._on_device.clear()
+
+    def _check_finite(self, i: int):
+        if not np.all(np.isfinite(np.diagonal(self.grams[i]))):
+            raise FeatureError(
+                f"layer {self.layers[i].name!r} produced NaN or Inf features (or their squares overflow); "
+                f"check the model and its inputs, or exclude the layer"
+            )
 
     def _accumulate(self, i: int, out: torch.Tensor, source: str):
         if out.dim() == 0 or out.shape[0] != self.n:
@@ -268,14 +307,15 @@ class GramCollector:
                 f"{self.n} samples; exclude the layer or pass input_fn so the batch dimension comes first"
             )
         flat = _flatten_samples(out.detach(), self.n)
+        if flat.device.type == "cuda" and self._use_cuda:
+            if flat.device not in self._device_grams:
+                self._device_grams[flat.device] = torch.zeros(self.grams.shape, dtype=torch.float64, device=flat.device)
+            gram_accumulate_cuda(flat, self._device_grams[flat.device][i])
+            self._on_device.add(i)
+            return
         array, tag = _gram_operands(flat)
         _core.gram_accumulate(array, self.grams[i], dtype=tag, num_threads=self.num_threads)
-        diagonal = np.diagonal(self.grams[i])
-        if not np.all(np.isfinite(diagonal)):
-            raise FeatureError(
-                f"layer {self.layers[i].name!r} produced NaN or Inf features (or their squares overflow); "
-                f"check the model and its inputs, or exclude the layer"
-            )
+        self._check_finite(i)
 
     def _activation_hook(self, module, inputs, output):
         self.activation_calls += 1

@@ -1,0 +1,30 @@
+// CUDA kernels of the core (compiled only when CMake finds the toolkit: OMPQ_HAVE_CUDA).
+//
+// Plain C++ interface: device pointers and a cudaStream_t passed as void*, no torch. Every call
+// only enqueues work on the given stream (no host synchronisation); launch errors throw
+// std::runtime_error. The caller owns every buffer, including the workspace.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ompq/gram.hpp"
+
+namespace ompq::cuda {
+
+// Whether a CUDA device is visible to this process (false, not an exception, without a driver).
+bool device_available();
+
+// Bytes of device workspace gram_accumulate needs for an n x d feature matrix.
+std::size_t gram_workspace_bytes(std::size_t n, std::size_t d);
+
+// k (n x n row-major float64, device) += X Xᵀ, both triangles. x: n rows of d elements of
+// `dtype` (f32, f16 or bf16), row r at x + r * row_stride elements. Products are summed in
+// float32 over chunks of kGramChunk columns, in a fixed order, and the chunks' partial sums are
+// added in float64 in chunk order: the result does not depend on the launch configuration or on
+// timing, and matches the CPU core to float32-chunk rounding.
+constexpr std::size_t kGramChunk = 4096;
+void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, std::size_t row_stride,
+                     double* k, void* workspace, std::size_t workspace_bytes, void* stream);
+
+}  // namespace ompq::cuda
