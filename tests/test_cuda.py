@@ -94,3 +94,73 @@ def test_plan_on_a_gpu_model_matches_the_cpu_and_leaves_it_there():
     assert all(p.device.type == "cuda" for p in model_gpu.parameters())
     assert np.max(np.abs(gpu_plan.orm - cpu_plan.orm)) < 1e-5
     assert gpu_plan.bits == cpu_plan.bits
+
+
+@gpu
+@pytest.mark.parametrize("bits, signed", [(2, True), (4, True), (8, True), (8, False), (3, False)])
+@pytest.mark.parametrize("shape, axis", [((64, 3, 3, 3), 0), ((16, 300), 0), ((8, 32, 7, 7), 1), ((5, 7, 11), 2),
+                                         ((40000,), None), ((4, 64, 56, 56), None)])
+def test_fake_quant_forward_equals_torch_on_cuda_bit_for_bit(bits, signed, shape, axis):
+    from ompq_ext.quant.ops import fake_quantize, quant_range
+
+    qmin, qmax = quant_range(bits, signed)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(shape, device="cuda", generator=g) * 3
+    channels = 1 if axis is None else shape[axis]
+    scale = torch.rand(channels, device="cuda", generator=g) * 0.2 + 0.01
+    zero = torch.zeros(channels, device="cuda") if signed else torch.randint(0, qmax // 2 + 1, (channels,), device="cuda").float()
+    x[..., 0] = scale.max() * 2.5  # exact .5 ties
+    got = fake_quantize(x, scale, zero if not signed else None, bits=bits, signed=signed, axis=axis)
+    if axis is None:
+        want = torch.fake_quantize_per_tensor_affine(x, scale.item(), int(zero.item()), qmin, qmax)
+    else:
+        want = torch.fake_quantize_per_channel_affine(x, scale, zero.int(), axis, qmin, qmax)
+    assert torch.equal(got, want)
+
+
+@gpu
+@pytest.mark.parametrize("shape, axis", [((64, 3, 3, 3), 0), ((16, 30000), 0), ((4, 64, 56, 56), None)])
+def test_fake_quant_gradients_on_cuda_match_the_cpu_core(shape, axis):
+    from ompq_ext.quant.ops import fake_quantize
+
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 2
+    channels = 1 if axis is None else shape[axis]
+    scale = torch.rand(channels) * 0.1 + 0.02
+    zero = torch.full((channels,), 3.0)
+    grad = torch.randn(shape)
+    results = []
+    for device in ("cpu", "cuda"):
+        xs, ss, zs = (t.to(device).requires_grad_() for t in (x, scale, zero))
+        y = fake_quantize(xs, ss, zs, bits=4, signed=False, axis=axis, grad_factor=0.5)
+        y.backward(grad.to(device))
+        results.append([t.grad.cpu() for t in (xs, ss, zs)] + [y.detach().cpu()])
+    (gx0, gs0, gz0, y0), (gx1, gs1, gz1, y1) = results
+    assert torch.equal(y0, y1) and torch.equal(gx0, gx1)
+    assert torch.allclose(gs0, gs1, rtol=1e-5, atol=1e-5) and torch.allclose(gz0, gz1, rtol=1e-5, atol=1e-5)
+
+
+@gpu
+def test_quantize_a_gpu_model_matches_the_cpu():
+    torch.manual_seed(0)
+    model = resnet1d(width=16).eval()
+    x = torch.randn(64, 1, 40)
+    plan = ompq_ext.plan(model, [x], "4bits", progress=False)
+    q_cpu = ompq_ext.quantize(model, plan, calib=[x], num_calib=64, progress=False)
+    q_gpu = ompq_ext.quantize(model.cuda(), plan, calib=[x.cuda()], num_calib=64, progress=False)
+    assert all(p.device.type == "cuda" for p in q_gpu.parameters())
+    with torch.no_grad():
+        a, b = q_cpu(x), q_gpu(x.cuda()).cpu()
+    assert torch.allclose(a, b, atol=1e-3), (a - b).abs().max()
+
+
+@built
+def test_fake_quant_bindings_check_arguments_before_any_kernel():
+    with pytest.raises(OmpqValueError, match="device pointers"):
+        _core.fake_quant_forward_cuda(0, 1, 1, 4, 10, 1, 1, -8, 7, 0)
+    with pytest.raises(OmpqValueError, match="qmin"):
+        _core.fake_quant_forward_cuda(1, 1, 1, 4, 10, 1, 1, 7, -8, 0)
+    with pytest.raises(OmpqValueError, match="workspace_bytes"):
+        _core.fake_quant_backward_cuda(1, 1, 1, 1, 0, 1, 4, 10000, 1, 1, -8, 7, 1.0, 1, 8, 0)
+    # 4 channels x 2 segments of 8192 elements, two float64 sums each
+    assert _core.fake_quant_backward_workspace_bytes(1, 4, 10000) == 4 * 2 * 2 * 8

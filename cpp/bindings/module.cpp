@@ -326,6 +326,62 @@ PYBIND11_MODULE(_core, m) {
        py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
        "gram (n x n float64, device) += X Xᵀ for device features X (n rows of row_stride elements), "
        "enqueued on `stream` (a cudaStream_t as an integer) without host synchronisation.");
+    auto cuda_layout = [](std::int64_t outer, std::int64_t channels, std::int64_t inner) {
+        if (outer < 1 || channels < 1 || inner < 0) fail("need outer >= 1, channels >= 1 and inner >= 0");
+        return ompq::QuantLayout{static_cast<std::size_t>(outer), static_cast<std::size_t>(channels),
+                                 static_cast<std::size_t>(inner)};
+    };
+    auto cuda_range = [](long qmin, long qmax) {
+        if (qmin > qmax) fail("qmin must be <= qmax");
+        return ompq::QuantRange{qmin, qmax};
+    };
+    m.def("fake_quant_forward_cuda", [=](std::uintptr_t x, std::uintptr_t y, std::int64_t outer, std::int64_t channels,
+                                         std::int64_t inner, std::uintptr_t scale, std::uintptr_t zero_point, long qmin,
+                                         long qmax, std::uintptr_t stream) {
+        const auto layout = cuda_layout(outer, channels, inner);
+        const auto range = cuda_range(qmin, qmax);
+        if (x == 0 || y == 0 || scale == 0 || zero_point == 0) fail("x, y, scale and zero_point must be device pointers");
+        try {
+            py::gil_scoped_release release;
+            ompq::cuda::fake_quant_forward(reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), layout,
+                                           reinterpret_cast<const float*>(scale), reinterpret_cast<const float*>(zero_point),
+                                           range, reinterpret_cast<void*>(stream));
+        } catch (const std::exception& e) {
+            fail(e.what());
+        }
+    }, py::arg("x"), py::arg("y"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("scale"),
+       py::arg("zero_point"), py::arg("qmin"), py::arg("qmax"), py::arg("stream"),
+       "fake_quant_forward on float32 device buffers, enqueued on `stream`.");
+    m.def("fake_quant_backward_workspace_bytes", [=](std::int64_t outer, std::int64_t channels, std::int64_t inner) {
+        return ompq::cuda::fake_quant_backward_workspace_bytes(cuda_layout(outer, channels, inner));
+    }, py::arg("outer"), py::arg("channels"), py::arg("inner"));
+    m.def("fake_quant_backward_cuda", [=](std::uintptr_t x, std::uintptr_t grad, std::uintptr_t grad_x,
+                                          std::uintptr_t grad_scale, std::uintptr_t grad_zero, std::int64_t outer,
+                                          std::int64_t channels, std::int64_t inner, std::uintptr_t scale,
+                                          std::uintptr_t zero_point, long qmin, long qmax, float grad_factor,
+                                          std::uintptr_t workspace, std::int64_t workspace_bytes, std::uintptr_t stream) {
+        const auto layout = cuda_layout(outer, channels, inner);
+        const auto range = cuda_range(qmin, qmax);
+        if (x == 0 || grad == 0 || grad_x == 0 || scale == 0 || zero_point == 0)
+            fail("x, grad, grad_x, scale and zero_point must be device pointers");
+        const bool sums = grad_scale != 0 || grad_zero != 0;
+        const auto need = ompq::cuda::fake_quant_backward_workspace_bytes(layout);
+        if (sums && (workspace == 0 || workspace_bytes < 0 || static_cast<std::size_t>(workspace_bytes) < need))
+            fail("workspace_bytes is " + std::to_string(workspace_bytes) + ", needs " + std::to_string(need));
+        try {
+            py::gil_scoped_release release;
+            ompq::cuda::fake_quant_backward(
+                reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(grad), reinterpret_cast<float*>(grad_x),
+                reinterpret_cast<float*>(grad_scale), reinterpret_cast<float*>(grad_zero), layout,
+                reinterpret_cast<const float*>(scale), reinterpret_cast<const float*>(zero_point), range, grad_factor,
+                reinterpret_cast<void*>(workspace), static_cast<std::size_t>(workspace_bytes), reinterpret_cast<void*>(stream));
+        } catch (const std::exception& e) {
+            fail(e.what());
+        }
+    }, py::arg("x"), py::arg("grad"), py::arg("grad_x"), py::arg("grad_scale"), py::arg("grad_zero"), py::arg("outer"),
+       py::arg("channels"), py::arg("inner"), py::arg("scale"), py::arg("zero_point"), py::arg("qmin"), py::arg("qmax"),
+       py::arg("grad_factor"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
+       "fake_quant_backward on float32 device buffers (grad_scale / grad_zero 0 for none), enqueued on `stream`.");
 #else
     m.attr("cuda_built") = false;
 #endif

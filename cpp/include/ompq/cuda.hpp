@@ -28,3 +28,26 @@ void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, s
                      double* k, void* workspace, std::size_t workspace_bytes, void* stream);
 
 }  // namespace ompq::cuda
+
+#include "ompq/fake_quant.hpp"
+
+namespace ompq::cuda {
+
+// The CPU core's fake_quant_forward on device buffers (float32, layout [outer][channels][inner]),
+// bit for bit the same values; the scales are not checked on the device (that would synchronise):
+// give positive finite scales.
+void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, const float* scale,
+                        const float* zero_point, QuantRange range, void* stream);
+
+// Device workspace fake_quant_backward needs for this layout (0 when no scale/zero-point gradient is wanted).
+std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& layout);
+
+// The CPU core's fake_quant_backward on device buffers: gx in one elementwise pass; the LSQ sums
+// per (row, segment of kQuantSegment elements) in a fixed tree in float64, then per channel in a
+// fixed order, so the result does not depend on timing. gscale / gzero may be null.
+constexpr std::size_t kQuantSegment = 8192;
+void fake_quant_backward(const float* x, const float* gy, float* gx, float* gscale, float* gzero,
+                         const QuantLayout& layout, const float* scale, const float* zero_point, QuantRange range,
+                         float grad_factor, void* workspace, std::size_t workspace_bytes, void* stream);
+
+}  // namespace ompq::cuda

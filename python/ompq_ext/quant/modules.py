@@ -40,7 +40,7 @@ def weight_scale(weight: Tensor, bits: int, method: str = "mse") -> Tensor:
     if method == "minmax":
         return base
     flat = w.reshape(w.shape[0], -1)
-    best_err = torch.full((w.shape[0],), math.inf)
+    best_err = torch.full((w.shape[0],), math.inf, device=w.device)
     best = base.clone()
     for ratio in _MSE_GRID:
         s = base * ratio
@@ -127,7 +127,7 @@ class ActQuantizer(nn.Module):
         else:
             scale, best = top / qmax, math.inf
             for ratio in _MSE_GRID:
-                s = torch.tensor([top * ratio.item() / qmax])
+                s = torch.tensor([top * ratio.item() / qmax], device=samples.device)
                 err = (fake_quantize(samples, s, bits=self.bits, signed=self.signed) - samples).square().sum().item()
                 if err < best:
                     best, scale = err, s.item()
@@ -168,7 +168,7 @@ class QuantLayer(nn.Module):
         self.weight_bits = weight_bits
         self.act_bits = act_bits
         self.weight_quantizer = WeightQuantizer(layer.weight, weight_bits, weight_scale_method)
-        self.input_quantizer = ActQuantizer(act_bits, act_method) if act_bits else None
+        self.input_quantizer = ActQuantizer(act_bits, act_method).to(layer.weight.device) if act_bits else None
 
     def quantized_weight(self) -> Tensor:
         return self.weight_quantizer(self.layer.weight)

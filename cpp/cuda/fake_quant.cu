@@ -1,0 +1,149 @@
+// CUDA fake quantization: the same arithmetic as cpp/src/fake_quant_kernels.inc (built with
+// --fmad=false, so nothing is contracted): y = (clamp(rint(x * (1/s)) + z, qmin, qmax) - z) * s.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "ompq/cuda.hpp"
+
+namespace ompq::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+__global__ void forward_kernel(const float* __restrict__ x, float* __restrict__ y, long long size, long long channels,
+                               long long inner, const float* __restrict__ scale, const float* __restrict__ zero,
+                               float qmin, float qmax) {
+    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < size;
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const long long c = (i / inner) % channels;
+        const float s = scale[c], z = zero[c];
+        const float inv = 1.0f / s;
+        const float q = clampf(rintf(x[i] * inv) + z, qmin, qmax);
+        y[i] = (q - z) * s;
+    }
+}
+
+// One block per (row = outer * channels + channel, segment of the row's inner elements).
+__global__ void backward_kernel(const float* __restrict__ x, const float* __restrict__ gy, float* __restrict__ gx,
+                                long long channels, long long inner, long long segments,
+                                const float* __restrict__ scale, const float* __restrict__ zero, float qmin, float qmax,
+                                bool want_sums, double* __restrict__ partial) {
+    const long long block = blockIdx.x;
+    const long long row = block / segments, seg = block % segments;
+    const long long c = row % channels;
+    const float s = scale[c], z = zero[c];
+    const float inv = 1.0f / s;
+    const float below = qmin - z, above = qmax - z;
+    const long long begin = row * inner + seg * static_cast<long long>(kQuantSegment);
+    const long long len = min(static_cast<long long>(kQuantSegment), inner - seg * static_cast<long long>(kQuantSegment));
+    float acc_scale = 0.0f, acc_out = 0.0f;
+    for (long long k = threadIdx.x; k < len; k += blockDim.x) {
+        const long long i = begin + k;
+        const float xs = x[i] * inv;
+        const float r = rintf(xs);
+        const float q = r + z;
+        const bool inside = q >= qmin && q <= qmax;
+        gx[i] = inside ? gy[i] : 0.0f;
+        if (want_sums) {
+            const float d = inside ? r - xs : (q < qmin ? below : above);
+            acc_scale += gy[i] * d;
+            acc_out += inside ? 0.0f : gy[i];
+        }
+    }
+    if (!want_sums) return;
+    __shared__ double sh_scale[kThreads], sh_out[kThreads];
+    sh_scale[threadIdx.x] = acc_scale;
+    sh_out[threadIdx.x] = acc_out;
+    __syncthreads();
+    for (int stride = kThreads / 2; stride > 0; stride /= 2) {  // a fixed tree: deterministic
+        if (threadIdx.x < stride) {
+            sh_scale[threadIdx.x] += sh_scale[threadIdx.x + stride];
+            sh_out[threadIdx.x] += sh_out[threadIdx.x + stride];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        partial[2 * block] = sh_scale[0];
+        partial[2 * block + 1] = sh_out[0];
+    }
+}
+
+// One thread per channel: its rows' partial sums, in order.
+__global__ void channel_sums(const double* __restrict__ partial, long long outer, long long channels,
+                             long long segments, const float* __restrict__ scale, float grad_factor,
+                             float* __restrict__ gscale, float* __restrict__ gzero) {
+    const long long c = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+    if (c >= channels) return;
+    double sum_scale = 0.0, sum_out = 0.0;
+    for (long long o = 0; o < outer; ++o)
+        for (long long seg = 0; seg < segments; ++seg) {
+            const long long block = (o * channels + c) * segments + seg;
+            sum_scale += partial[2 * block];
+            sum_out += partial[2 * block + 1];
+        }
+    if (gscale) gscale[c] = static_cast<float>(grad_factor * sum_scale);
+    if (gzero) gzero[c] = static_cast<float>(-grad_factor * static_cast<double>(scale[c]) * sum_out);
+}
+
+void check(cudaError_t status, const char* what) {
+    if (status != cudaSuccess)
+        throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(status));
+}
+
+void check_layout(const QuantLayout& layout, QuantRange range) {
+    if (layout.channels == 0 || layout.outer == 0) throw std::invalid_argument("empty layout");
+    if (range.qmin > range.qmax) throw std::invalid_argument("qmin > qmax");
+}
+
+long long segments_of(const QuantLayout& layout) {
+    return layout.inner == 0 ? 0 : static_cast<long long>((layout.inner + kQuantSegment - 1) / kQuantSegment);
+}
+
+}  // namespace
+
+void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, const float* scale,
+                        const float* zero_point, QuantRange range, void* stream) {
+    check_layout(layout, range);
+    const long long size = static_cast<long long>(layout.size());
+    if (size == 0) return;
+    const long long blocks = std::min<long long>((size + kThreads - 1) / kThreads, 65535LL * 32);
+    forward_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        x, y, size, static_cast<long long>(layout.channels), static_cast<long long>(layout.inner), scale, zero_point,
+        static_cast<float>(range.qmin), static_cast<float>(range.qmax));
+    check(cudaGetLastError(), "fake_quant forward launch");
+}
+
+std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& layout) {
+    return static_cast<std::size_t>(layout.outer * layout.channels * segments_of(layout)) * 2 * sizeof(double);
+}
+
+void fake_quant_backward(const float* x, const float* gy, float* gx, float* gscale, float* gzero,
+                         const QuantLayout& layout, const float* scale, const float* zero_point, QuantRange range,
+                         float grad_factor, void* workspace, std::size_t workspace_bytes, void* stream) {
+    check_layout(layout, range);
+    if (layout.size() == 0) return;
+    const bool want_sums = gscale != nullptr || gzero != nullptr;
+    if (want_sums && workspace_bytes < fake_quant_backward_workspace_bytes(layout))
+        throw std::invalid_argument("workspace too small");
+    const long long segments = segments_of(layout);
+    const long long blocks = static_cast<long long>(layout.outer * layout.channels) * segments;
+    if (blocks > 2147483647LL) throw std::invalid_argument("tensor too large for one call");
+    auto s = static_cast<cudaStream_t>(stream);
+    auto* partial = static_cast<double*>(workspace);
+    backward_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
+        x, gy, gx, static_cast<long long>(layout.channels), static_cast<long long>(layout.inner), segments, scale,
+        zero_point, static_cast<float>(range.qmin), static_cast<float>(range.qmax), want_sums, partial);
+    check(cudaGetLastError(), "fake_quant backward launch");
+    if (!want_sums) return;
+    const long long channels = static_cast<long long>(layout.channels);
+    channel_sums<<<static_cast<unsigned>((channels + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+        partial, static_cast<long long>(layout.outer), channels, segments, scale, grad_factor, gscale, gzero);
+    check(cudaGetLastError(), "fake_quant channel sums launch");
+}
+
+}  // namespace ompq::cuda
