@@ -29,15 +29,38 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (x4), each with BN; the shortcut a 1x1 conv where the shape changes."""
+
+    expansion = 4
+
+    def __init__(self, conv, norm, in_ch: int, width: int, stride: int = 1):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.conv1, self.bn1 = conv(in_ch, width, 1, bias=False), norm(width)
+        self.conv2, self.bn2 = conv(width, width, 3, stride=stride, padding=1, bias=False), norm(width)
+        self.conv3, self.bn3 = conv(width, out_ch, 1, bias=False), norm(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(conv(in_ch, out_ch, 1, stride=stride, bias=False), norm(out_ch))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
 class ResNet(nn.Module):
-    """A ResNet of BasicBlocks over 1-D signals (dims=1) or images (dims=2).
+    """A ResNet of BasicBlocks (or Bottlenecks, block=Bottleneck) over 1-D signals (dims=1) or images (dims=2).
 
     ``imagenet_stem`` uses the 7x7 stride-2 conv and max-pool of ResNet-18;
     otherwise the stem is one 3x3 (or 3-tap) conv, for small inputs.
     """
 
     def __init__(self, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512), *, dims: int = 2, in_channels: int = 3,
-                 num_classes: int = 1000, imagenet_stem: bool = True):
+                 num_classes: int = 1000, imagenet_stem: bool = True, block=BasicBlock):
         super().__init__()
         conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
         norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[dims]
@@ -53,8 +76,8 @@ class ResNet(nn.Module):
             stage_blocks = []
             for b in range(count):
                 stride = 2 if stage > 0 and b == 0 else 1
-                stage_blocks.append(BasicBlock(conv, norm, in_ch, width, stride))
-                in_ch = width
+                stage_blocks.append(block(conv, norm, in_ch, width, stride))
+                in_ch = width * getattr(block, "expansion", 1)
             layers.append(nn.Sequential(*stage_blocks))
         self.layers = nn.Sequential(*layers)
         self.pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}[dims](1)
@@ -68,6 +91,11 @@ class ResNet(nn.Module):
 def resnet18(num_classes: int = 1000) -> ResNet:
     """ResNet-18 (11.7 M parameters, 224 x 224 inputs)."""
     return ResNet((2, 2, 2, 2), (64, 128, 256, 512), dims=2, num_classes=num_classes)
+
+
+def resnet50(num_classes: int = 1000) -> ResNet:
+    """ResNet-50 (25.6 M parameters, 224 x 224 inputs): Bottleneck blocks (3, 4, 6, 3)."""
+    return ResNet((3, 4, 6, 3), (64, 128, 256, 512), dims=2, num_classes=num_classes, block=Bottleneck)
 
 
 def resnet1d(width: int = 32, num_classes: int = 10) -> ResNet:
