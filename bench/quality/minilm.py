@@ -94,9 +94,7 @@ def _by_length(model, texts):
     return sorted(range(len(texts)), key=lambda i: lengths[i])
 
 
-def corpus(model, pairs, batch_size: int = 32) -> Corpus:
-    """Batches of 32 length-sorted texts: the fastest size measured on 2 cores (5.1 s for the whole
-    corpus, against 6.3 s with 64 and 10.0 s with 128)."""
+def corpus(model, pairs, batch_size: int = 64) -> Corpus:
     pairs = [pairs[i] for i in _by_length(model, [q for q, _ in pairs])]
     questions = [q for q, _ in pairs]
     answers = list(dict.fromkeys(a for _, a in pairs))

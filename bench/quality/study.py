@@ -173,7 +173,7 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
         f"quantized weights {t_qw:.1f} s")
 
     if task.testbed == "minilm":  # what 8-bit per-tensor activations cost the transformer alone
-        for wb in (4,):
+        for wb in (8, 4):
             for ab in (8, 0):
                 p = ompq_ext.plan(model, task.calib, f"{wb}bits", bits=[wb], **kw)
                 q = quantize(model, p, calib=task.calib, method="rtn", act_bits=ab, num_calib=args.calib, **qkw)
