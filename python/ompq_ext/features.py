@@ -9,6 +9,7 @@ leaves the user's model exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -174,8 +175,10 @@ def untouched(model: nn.Module):
 # ---------------------------------------------------------------- the Gram hooks
 
 
+@functools.lru_cache(maxsize=1)
 def cuda_kernels_usable() -> bool:
-    """Whether the core was built with its CUDA kernels and a device is visible."""
+    """Whether the core was built with its CUDA kernels and a device is visible. Asked only once
+    a CUDA tensor shows up: on a CPU-only run it never touches the CUDA runtime."""
     return bool(getattr(_core, "cuda_built", False)) and _core.cuda_device_available()
 
 
@@ -262,7 +265,6 @@ class GramCollector:
         self._pending: dict[int, torch.Tensor] = {}  # layer -> its own output, until an activation runs
         self._device_grams: dict[torch.device, torch.Tensor] = {}  # (L, N, N) float64 per CUDA device
         self._on_device: set[int] = set()  # layers with a Gram on a device, checked in finish()
-        self._use_cuda = cuda_kernels_usable()
         self._handles = []
 
     def __enter__(self):
@@ -307,7 +309,7 @@ class GramCollector:
                 f"{self.n} samples; exclude the layer or pass input_fn so the batch dimension comes first"
             )
         flat = _flatten_samples(out.detach(), self.n)
-        if flat.device.type == "cuda" and self._use_cuda:
+        if flat.device.type == "cuda" and cuda_kernels_usable():
             if flat.device not in self._device_grams:
                 self._device_grams[flat.device] = torch.zeros(self.grams.shape, dtype=torch.float64, device=flat.device)
             gram_accumulate_cuda(flat, self._device_grams[flat.device][i])
