@@ -178,53 +178,42 @@ def _validate_options(time_limit_s, weight_resolution, num_groups) -> int:
     return weight_resolution
 
 
-def _latency_table(groups, allowed, latency) -> list[dict[int, float]]:
-    """Check the latency table: one mapping per group with a finite cost >= 0 for each bit."""
-    if len(latency) != len(groups):
+def _per_bit_table(groups, allowed, rows, name: str, what: str, *, nonnegative: bool) -> list[dict[int, float]]:
+    """Check a table given as one mapping bits -> number per group (``name``: how the argument is
+    called in messages, ``what``: what one entry is); return {bit: float} for each group's allowed bits."""
+    if len(rows) != len(groups):
         raise OmpqValueError(
-            f"latency table has {len(latency)} entries for {len(groups)} groups; "
-            "give one mapping bits -> cost per group, in group order"
+            f"{name} has {len(rows)} entries for {len(groups)} groups; "
+            f"give one mapping bits -> {what} per group, in group order"
         )
     table = []
-    for g, bits, row in zip(groups, allowed, latency):
-        missing = [b for b in bits if b not in row]
-        if missing:
-            raise OmpqValueError(
-                f"group {g.name!r}: latency table has no entry for bits {missing}; "
-                "give a cost for every allowed bit-width"
-            )
-        costs = {b: float(row[b]) for b in bits}
-        if any(not (math.isfinite(c) and c >= 0) for c in costs.values()):
-            raise OmpqValueError(f"group {g.name!r}: latency costs must be finite and >= 0")
-        table.append(costs)
-    return table
-
-
-def _value_table(groups, allowed, values) -> list[dict[int, float]]:
-    """Check the objective table: one mapping per group with a finite value for each bit."""
-    if len(values) != len(groups):
-        raise OmpqValueError(
-            f"values has {len(values)} entries for {len(groups)} groups; "
-            "give one mapping bits -> value per group, in group order"
-        )
-    table = []
-    for g, bits, row in zip(groups, allowed, values):
+    for g, bits, row in zip(groups, allowed, rows):
         if not isinstance(row, Mapping):
-            raise OmpqValueError(f"group {g.name!r}: values entry must be a mapping bits -> value")
+            raise OmpqValueError(f"group {g.name!r}: {name} entry must be a mapping bits -> {what}")
         missing = [b for b in bits if b not in row]
         if missing:
             raise OmpqValueError(
-                f"group {g.name!r}: values has no entry for bits {missing}; "
-                "give a value for every allowed bit-width"
+                f"group {g.name!r}: {name} has no entry for bits {missing}; "
+                f"give a {what} for every allowed bit-width"
             )
         try:
             row = {b: float(row[b]) for b in bits}
         except (TypeError, ValueError):
-            raise OmpqValueError(f"group {g.name!r}: values must be numbers") from None
-        if not all(math.isfinite(v) for v in row.values()):
-            raise OmpqValueError(f"group {g.name!r}: values must be finite")
+            raise OmpqValueError(f"group {g.name!r}: {what}s must be numbers") from None
+        if not all(math.isfinite(v) and (v >= 0 or not nonnegative) for v in row.values()):
+            raise OmpqValueError(f"group {g.name!r}: {what}s must be finite{' and >= 0' if nonnegative else ''}")
         table.append(row)
     return table
+
+
+def _latency_table(groups, allowed, latency) -> list[dict[int, float]]:
+    """The latency table: a finite cost >= 0 for each group's every allowed bit-width."""
+    return _per_bit_table(groups, allowed, latency, "latency table", "latency cost", nonnegative=True)
+
+
+def _value_table(groups, allowed, values) -> list[dict[int, float]]:
+    """The objective table: a finite value for each group's every allowed bit-width."""
+    return _per_bit_table(groups, allowed, values, "values", "value", nonnegative=False)
 
 
 def _integer_values(table, weight_resolution):
