@@ -8,6 +8,13 @@ from __future__ import annotations
 from torch import nn
 
 
+def _shortcut(conv, norm, in_ch: int, out_ch: int, stride: int):
+    """A block's shortcut: None (identity) where the shape is kept, else a strided 1x1 conv with norm."""
+    if stride == 1 and in_ch == out_ch:
+        return None
+    return nn.Sequential(conv(in_ch, out_ch, 1, stride=stride, bias=False), norm(out_ch))
+
+
 class BasicBlock(nn.Module):
     """conv-bn-relu-conv-bn plus the shortcut (a 1x1 conv where the shape changes), then relu."""
 
@@ -18,9 +25,7 @@ class BasicBlock(nn.Module):
         self.conv2 = conv(out_ch, out_ch, 3, padding=1, bias=False)
         self.bn2 = norm(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(conv(in_ch, out_ch, 1, stride=stride, bias=False), norm(out_ch))
+        self.downsample = _shortcut(conv, norm, in_ch, out_ch, stride)
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -41,9 +46,7 @@ class Bottleneck(nn.Module):
         self.conv2, self.bn2 = conv(width, width, 3, stride=stride, padding=1, bias=False), norm(width)
         self.conv3, self.bn3 = conv(width, out_ch, 1, bias=False), norm(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(conv(in_ch, out_ch, 1, stride=stride, bias=False), norm(out_ch))
+        self.downsample = _shortcut(conv, norm, in_ch, out_ch, stride)
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
