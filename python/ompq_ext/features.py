@@ -302,12 +302,15 @@ class GramCollector:
                 f"check the model and its inputs, or exclude the layer"
             )
 
-    def _accumulate(self, i: int, out: torch.Tensor, source: str):
+    def _check_batch(self, out: torch.Tensor, source: str):
         if out.dim() == 0 or out.shape[0] != self.n:
             raise FeatureError(
                 f"{source} output has shape {tuple(out.shape)}, whose first dimension is not the "
                 f"{self.n} samples; exclude the layer or pass input_fn so the batch dimension comes first"
             )
+
+    def _accumulate(self, i: int, out: torch.Tensor, source: str):
+        self._check_batch(out, source)
         flat = _flatten_samples(out.detach(), self.n)
         if flat.device.type == "cuda" and cuda_kernels_usable():
             if flat.device not in self._device_grams:
@@ -340,8 +343,7 @@ class GramCollector:
             if self.feature_point == "output":
                 self._accumulate(i, out, f"layer {layer.name!r}")
             else:
-                if out.dim() == 0 or out.shape[0] != self.n:
-                    self._accumulate(i, out, f"layer {layer.name!r}")  # raises the shape error
+                self._check_batch(out, f"layer {layer.name!r}")
                 self._pending[i] = out.detach()
             # MACs per sample: output elements x weight elements per output channel.
             weight = module.weight
