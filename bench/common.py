@@ -55,6 +55,15 @@ def peak_rss_bytes() -> int:
     raise OSError("no VmHWM in /proc/self/status")
 
 
+def peak_in_child(script: str, kind: str, samples: int) -> int:
+    """Peak RSS (bytes) that ``script --child KIND --samples N`` prints: each measurement in a fresh process."""
+    import sys
+
+    out = subprocess.run([sys.executable, script, "--child", kind, "--samples", str(samples)],
+                         check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1])
+
+
 def busy_percent(seconds: float = 1.0):
     """CPU time used by anything (all processes) over `seconds`, in % of all CPUs (Linux only)."""
     def sample():

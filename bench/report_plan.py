@@ -7,8 +7,6 @@ what storing every layer's features would take.
 
 import argparse
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
@@ -17,7 +15,7 @@ from torch import nn
 import ompq_ext
 from ompq_ext.models import resnet18
 
-from common import machine, peak_rss_bytes
+from common import machine, peak_in_child, peak_rss_bytes
 
 
 def setup(samples):
@@ -56,12 +54,6 @@ def child(kind, samples):
     print(peak_rss_bytes())
 
 
-def peak(kind, samples):
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--samples", str(samples)],
-                         check=True, capture_output=True, text=True)
-    return int(out.stdout.split()[-1])
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=32)
@@ -87,7 +79,7 @@ def main():
     f, q = statistics.median(fwd), statistics.median(pln)
     stage = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
     feats = feature_bytes(model, x)
-    mem_fwd, mem_plan = peak("forward", args.samples), peak("plan", args.samples)
+    mem_fwd, mem_plan = peak_in_child(__file__, "forward", args.samples), peak_in_child(__file__, "plan", args.samples)
 
     print(f"ResNet-18 (random init), {args.samples} x 3 x 224 x 224, {args.repeats} interleaved repeats, medians")
     print(f"machine: {machine()}")

@@ -8,12 +8,9 @@ The reference-style pipeline is bench/reference_pipeline.py (METHOD.md section 2
 """
 
 import argparse
-import subprocess
-import sys
 
 import numpy as np
 import torch
-from torch import nn
 
 import ompq_ext
 from ompq_ext import _core
@@ -21,7 +18,7 @@ from ompq_ext.budget import parse_budget
 from ompq_ext.models import resnet18
 
 import reference_pipeline as ref
-from common import interleaved_medians, machine, peak_rss_bytes
+from common import interleaved_medians, machine, peak_in_child, peak_rss_bytes
 
 BUDGET = "4.5MiB"
 
@@ -32,7 +29,8 @@ def setup(samples):
     return model, torch.randn(samples, 3, 224, 224)
 
 
-def budget_bits(model):
+def budget_bits():
+    """The size limit in bits (a size budget does not depend on the model's parameter split)."""
     return parse_budget(BUDGET).size_limit_bits(planned_params=0, other_params=0)
 
 
@@ -48,7 +46,7 @@ def run_plan(model, x):
 
 
 def run_reference(model, x):
-    return ref.run(model, x, budget_bits(model), other_params=other_params(model))
+    return ref.run(model, x, budget_bits(), other_params=other_params(model))
 
 
 def core_orm_stage(feats):
@@ -74,12 +72,6 @@ def child(kind, samples):
     print(peak_rss_bytes())
 
 
-def peak(kind, samples):
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--samples", str(samples)],
-                         check=True, capture_output=True, text=True)
-    return int(out.stdout.split()[-1])
-
-
 def report(samples, repeats):
     model, x = setup(samples)
     t = interleaved_medians({"plan": lambda: run_plan(model, x), "reference": lambda: run_reference(model, x)},
@@ -89,8 +81,8 @@ def report(samples, repeats):
     stage = interleaved_medians({"core": lambda: core_orm_stage(feats), "reference": lambda: ref.orm_stage(feats)},
                                 repeats)
     del feats
-    mem = {k: peak(k, samples) for k in ("forward", "plan", "reference")}
-    limit = budget_bits(model)
+    mem = {k: peak_in_child(__file__, k, samples) for k in ("forward", "plan", "reference")}
+    limit = budget_bits()
     a = r["allocation"]
     print(f"#### ResNet-18 (random init), N = {samples}, 224 px, budget {BUDGET}, bits 2–8\n")
     print("| measure | plan() | reference-style | reference / plan() |")

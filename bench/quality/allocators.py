@@ -181,14 +181,14 @@ def hutchinson_traces(task: Task, names: list[str], probes: int, seed: int = 0) 
     return {n: s / probes for n, s in zip(names, sums)}
 
 
+def hessian_cost(traces: dict[str, float], qw: QuantizedWeights, name: str, bits: int) -> float:
+    """HAWQ's Omega_i(b) = Tr(H_i) / n_i * ||Q_b(W_i) - W_i||^2."""
+    return traces[name] / qw.modules[name].weight.numel() * qw.error(name, bits)
+
+
 def hessian_values(base: Plan, traces: dict[str, float], qw: QuantizedWeights) -> dict[str, dict[int, float]]:
-    """-Omega_g(b) = -(sum over the group's layers of Tr(H_i)/n_i * ||Q_b(W_i) - W_i||^2)."""
-    out = {}
-    for g in base.groups:
-        choices = (g["bits"],) if g["fixed"] else tuple(base.settings["bits"])
-        out[g["name"]] = {b: -sum(traces[n] / qw.modules[n].weight.numel() * qw.error(n, b)
-                                  for n in g["layers"]) for b in choices}
-    return out
+    """-Omega_g(b), summed over the group's layers (the solver maximises)."""
+    return _group_values(base, lambda n, b: hessian_cost(traces, qw, n, b))
 
 
 # ---------------------------------------------------------------- one layer at a time (KL)
@@ -259,10 +259,15 @@ def greedy(base: Plan, table: dict[str, dict[int, float]]) -> Plan:
 
 def table_values(base: Plan, table: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
     """A per-layer cost table as solver values per group (negated: the solver maximises)."""
+    return _group_values(base, lambda n, b: table[n][b])
+
+
+def _group_values(base: Plan, cost) -> dict[str, dict[int, float]]:
+    """{group: {bits: -sum of cost(layer, bits) over the group's layers}} over each group's choices."""
     out = {}
     for g in base.groups:
         choices = (g["bits"],) if g["fixed"] else tuple(base.settings["bits"])
-        out[g["name"]] = {b: -sum(table[n][b] for n in g["layers"]) for b in choices}
+        out[g["name"]] = {b: -sum(cost(n, b) for n in g["layers"]) for b in choices}
     return out
 
 

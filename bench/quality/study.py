@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import datetime
-import inspect
 import json
 import shlex
 import statistics
@@ -45,6 +44,7 @@ from common import machine  # noqa: E402
 from ptq_table import code_state  # noqa: E402
 
 import ompq_ext  # noqa: E402
+from ompq_ext.cli import PLAN_DEFAULTS  # noqa: E402
 from ompq_ext.features import FEATURE_POINTS  # noqa: E402
 from ompq_ext.orthogonality import OBJECTIVES  # noqa: E402
 from ompq_ext.quant.api import quantize  # noqa: E402
@@ -126,9 +126,6 @@ def minilm_task(seed: int, args, log) -> al.Task:
 # ---------------------------------------------------------------- one instance
 
 
-PLAN_DEFAULTS = {k: p.default for k, p in inspect.signature(ompq_ext.plan).parameters.items()}
-
-
 def ompq_variants(args):
     """(label, plan() overrides) of OMPQ's variants; the first is plan()'s defaults, each other
     one changes one setting away from them."""
@@ -154,11 +151,12 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
     runs.append(dict(testbed=task.testbed, seed=task.seed, budget="32", allocator="FP32", family="FP32",
                      method="-", score=task.info["fp32"], avg_bits=32.0))
 
-    # Budget-independent measurements, once per instance.
-    base0 = ompq_ext.plan(model, task.calib, "4bits", **kw)
-    names = base0.layer_names
+    # Budget-independent measurements, once per instance. The first plan() is a warm-up (its time
+    # would include loading the solver); OMPQ's plan at each budget is then timed once and reused.
+    names = ompq_ext.plan(model, task.calib, f"{args.budgets[0]}bits", **kw).layer_names
+    bases = {budget: al.timed(ompq_ext.plan, model, task.calib, f"{budget}bits", **kw) for budget in args.budgets}
     qw = al.QuantizedWeights(model, names)
-    all_bits = sorted({b for budget in args.budgets for b in _window(model, task, budget, kw)})
+    all_bits = sorted({b for base, _ in bases.values() for b in base.settings["bits"]})
     (traces, t_hessian) = al.timed(al.hutchinson_traces, task, names, task.probes, task.seed)
     reference = task.outputs(model)
     t = time.perf_counter()
@@ -183,9 +181,7 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
                 log(f"  uniform W{wb}A{ab or 32}: {r}")
 
     for budget in args.budgets:
-        t = time.perf_counter()
-        base = ompq_ext.plan(model, task.calib, f"{budget}bits", **kw)
-        t_base = time.perf_counter() - t
+        base, t_base = bases[budget]
         plans = []  # (allocator, family, plan, search seconds)
         b = float(budget)
         if b == int(b):
@@ -231,8 +227,7 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
                     method=method, avg_bits=p.totals["avg_bits"], search_seconds=seconds,
                     bit_choices=list(p.settings["bits"]), bits=p.bits,
                     ompq_objective=al.objective(p, weights),
-                    hessian_proxy=-sum(traces[x.name] / qw.modules[x.name].weight.numel() * qw.error(x.name, x.bits)
-                                       for x in p.layers),
+                    hessian_proxy=-sum(al.hessian_cost(traces, qw, x.name, x.bits) for x in p.layers),
                     kl_proxy=(-sum(table[x.name][x.bits] for x in p.layers)
                               if all(x.bits in table[x.name] for x in p.layers) else None),
                     **r))
@@ -240,10 +235,6 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
                     log(f"  {task.testbed} s{task.seed} {budget:>3}b {allocator:<30} {method:<6} "
                         f"score {r['score']:.4f} ({p.totals['avg_bits']:.3f} bits)")
     return runs
-
-
-def _window(model, task, budget, kw):
-    return ompq_ext.plan(model, task.calib, f"{budget}bits", **kw).settings["bits"]
 
 
 # ---------------------------------------------------------------- tables
