@@ -1,13 +1,16 @@
 """Print docs/BENCHMARKS.md's GPU figures (issue 5), both sides in one process on one device:
 
-* the core's CUDA Gram kernel vs torch.matmul(x, x.T) on the same shapes (float32, float16, bfloat16);
-* fake-quant forward+backward (ours vs torch.fake_quantize_per_{channel,tensor}_affine on CUDA);
+* the core's CUDA Gram kernels (CUDA cores; tensor cores for 16-bit features) vs torch.matmul(x, x.T);
+* the ORM matrix formed on the GPU vs the CPU core after copying the Grams (what plan() did before);
+* fake-quant forward+backward vs torch's CUDA ops: with a fixed scale (straight-through gradient only)
+  against torch.fake_quantize_per_{channel,tensor}_affine, and with a learnable scale (LSQ) against
+  torch._fake_quantize_learnable_per_{channel,tensor}_affine;
 * plan() end to end on a ResNet-50 that lives on the GPU, N = 64 at 224 px (target: under 1 s),
   against one plain forward of the same batch.
 
     python bench/report_gpu.py [--repeats 20]
 
-Times are medians of CUDA-event-timed repeats after a warm-up; ratio = torch / ours.
+Times are medians of CUDA-event-timed repeats after a warm-up; ratio = theirs / ours.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 
 import ompq_ext
-from ompq_ext.features import gram_accumulate_cuda
+from ompq_ext import _core, cuda_kernels
 from ompq_ext.models import resnet50
 from ompq_ext.quant.ops import fake_quantize, quant_range
 
 GRAM_SHAPES = [(32, 200_704), (64, 200_704), (64, 25_088), (128, 802_816)]
+ORM_SHAPES = [(54, 64), (160, 256)]  # ResNet-50's planned layers at N = 64; a deep network at N = 256
 FQ_CASES = [("conv weight 512x512x3x3, per channel, 4-bit", (512, 512, 3, 3), 0, 4, True),
             ("linear weight 4096x4096, per channel, 8-bit", (4096, 4096), 0, 8, True),
             ("activation 64x64x56x56, per tensor, 8-bit", (64, 64, 56, 56), None, 8, False)]
@@ -49,14 +54,37 @@ def gram_rows(repeats):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             x = torch.randn(n, d, device="cuda").to(dtype)
             k = torch.zeros(n, n, dtype=torch.float64, device="cuda")
-            ours = cuda_time(lambda: gram_accumulate_cuda(x, k), repeats)
+            ref = x.double() @ x.double().T
             theirs = cuda_time(lambda: torch.matmul(x, x.T), repeats)
-            k.zero_()
-            gram_accumulate_cuda(x, k)
-            ref = (x.double() @ x.double().T)
-            err = ((k - ref).abs().max() / ref.abs().max()).item()
-            rows.append(f"| {n} × {d:,} | {str(dtype).split('.')[-1]} | {ours * 1e3:.3f} | {theirs * 1e3:.3f} | "
-                        f"**{theirs / ours:.2f}** | {err:.1e} |")
+            for kernel in ("cuda_cores",) if dtype == torch.float32 else ("cuda_cores", "tensor_cores"):
+                ours = cuda_time(lambda: cuda_kernels.gram_accumulate(x, k, kernel), repeats)
+                k.zero_()
+                cuda_kernels.gram_accumulate(x, k, kernel)
+                err = ((k - ref).abs().max() / ref.abs().max()).item()
+                rows.append(f"| {n} × {d:,} | {str(dtype).split('.')[-1]} | {kernel.replace('_', ' ')} | "
+                            f"{ours * 1e3:.3f} | {theirs * 1e3:.3f} | **{theirs / ours:.2f}** | {err:.1e} |")
+    return rows
+
+
+def orm_rows(repeats):
+    rows = []
+    for layers, n in ORM_SHAPES:
+        feats = torch.randn(layers, n, 512, device="cuda", dtype=torch.float64)
+        grams = feats @ feats.transpose(1, 2)
+
+        def on_cpu():
+            return _core.orm_matrix(grams.cpu().numpy(), "biased")
+
+        on_gpu = cuda_time(lambda: cuda_kernels.orm_matrix(grams, "biased"), repeats)
+        t = []
+        for _ in range(max(3, repeats // 4)):
+            start = time.perf_counter()
+            want = on_cpu()
+            t.append(time.perf_counter() - start)
+        cpu = statistics.median(t)
+        err = np.max(np.abs(cuda_kernels.orm_matrix(grams, "biased") - want))
+        rows.append(f"| {layers} layers × N = {n} | {on_gpu * 1e3:.3f} | {cpu * 1e3:.3f} | **{cpu / on_gpu:.2f}** | "
+                    f"{err:.1e} |")
     return rows
 
 
@@ -66,27 +94,37 @@ def fake_quant_rows(repeats):
         qmin, qmax = quant_range(bits, signed)
         x = (torch.randn(shape, device="cuda") * 2).requires_grad_()
         channels = 1 if axis is None else shape[axis]
-        scale = torch.rand(channels, device="cuda") * 0.1 + 0.01
-        zero = torch.zeros(channels, device="cuda")
         grad = torch.randn(shape, device="cuda")
-        scale_value = scale[0].item()  # torch's per-tensor op takes a Python float: read it once, outside the timing
+        for learnable in (False, True):
+            scale = (torch.rand(channels, device="cuda") * 0.1 + 0.01).requires_grad_(learnable)
+            zero = torch.zeros(channels, device="cuda")
+            scale_value = scale[0].item()  # torch's per-tensor op takes a Python float: read once, outside the timing
 
-        def ours():
-            y = fake_quantize(x, scale, bits=bits, signed=signed, axis=axis)
-            y.backward(grad)
+            wrt = [x, scale] if learnable else [x]  # the gradients each side computes (none accumulated)
 
-        def theirs():
-            if axis is None:
-                y = torch.fake_quantize_per_tensor_affine(x, scale_value, 0, qmin, qmax)
-            else:
-                y = torch.fake_quantize_per_channel_affine(x, scale, zero.int(), axis, qmin, qmax)
-            y.backward(grad)
+            def ours():
+                torch.autograd.grad(fake_quantize(x, scale, bits=bits, signed=signed, axis=axis), wrt, grad)
 
-        a, b = cuda_time(ours, repeats), cuda_time(theirs, repeats)
-        same = torch.equal(fake_quantize(x.detach(), scale, bits=bits, signed=signed, axis=axis),
-                           torch.fake_quantize_per_tensor_affine(x.detach(), scale_value, 0, qmin, qmax) if axis is None
-                           else torch.fake_quantize_per_channel_affine(x.detach(), scale, zero.int(), axis, qmin, qmax))
-        rows.append(f"| {label} | {a * 1e3:.3f} | {b * 1e3:.3f} | **{b / a:.2f}** | {same} |")
+            def theirs():
+                if learnable and axis is None:
+                    y = torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero, qmin, qmax, 1.0)
+                elif learnable:
+                    y = torch._fake_quantize_learnable_per_channel_affine(x, scale, zero, axis, qmin, qmax, 1.0)
+                elif axis is None:
+                    y = torch.fake_quantize_per_tensor_affine(x, scale_value, 0, qmin, qmax)
+                else:
+                    y = torch.fake_quantize_per_channel_affine(x, scale, zero.int(), axis, qmin, qmax)
+                torch.autograd.grad(y, wrt, grad)
+
+            a, b = cuda_time(ours, repeats), cuda_time(theirs, repeats)
+            with torch.no_grad():
+                mine = fake_quantize(x, scale, bits=bits, signed=signed, axis=axis)
+                ref = (torch.fake_quantize_per_tensor_affine(x, scale_value, 0, qmin, qmax) if axis is None
+                       else torch.fake_quantize_per_channel_affine(x, scale, zero.int(), axis, qmin, qmax))
+            torch_op = ("learnable (LSQ) op" if learnable else "fake_quantize_per_" + ("tensor" if axis is None
+                                                                                         else "channel") + "_affine")
+            rows.append(f"| {label} | {'scale learnable' if learnable else 'fixed scale'} | {torch_op} | "
+                        f"{a * 1e3:.3f} | {b * 1e3:.3f} | **{b / a:.2f}** | {torch.equal(mine, ref)} |")
     return rows
 
 
@@ -129,12 +167,17 @@ def main():
         raise SystemExit("no CUDA device visible")
     print(f"Command: `python bench/report_gpu.py --repeats {args.repeats}`  ")
     print(f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}, CUDA {torch.version.cuda}\n")
-    print("#### Gram K += X Xᵀ: the core's CUDA kernel vs torch.matmul(x, x.T) (ms; ratio = torch / ours; "
+    print("#### Gram K += X Xᵀ: the core's CUDA kernels vs torch.matmul(x, x.T) (ms; ratio = torch / ours; "
           "error: max |K − K_float64| / max |K_float64|)\n")
-    print("| n × d | dtype | ours | torch.matmul | ratio | error |\n|---|---|---|---|---|---|")
+    print("| n × d | dtype | ours on | ours | torch.matmul | ratio | error |\n|---|---|---|---|---|---|---|")
     print("\n".join(gram_rows(args.repeats)))
+    print("\n#### ORM matrix (biased CKA) from Grams on the GPU: formed there vs copied to the CPU core "
+          "(ms; ratio = CPU / GPU; error: max |difference|)\n")
+    print("| Grams | GPU | copy + CPU core | ratio | error |\n|---|---|---|---|---|")
+    print("\n".join(orm_rows(args.repeats)))
     print("\n#### Fake quantization forward + backward on CUDA (ms; ratio = torch / ours)\n")
-    print("| workload | ours | torch | ratio | forward bit-for-bit equal |\n|---|---|---|---|---|")
+    print("| workload | scale | torch op | ours | torch | ratio | forward bit-for-bit equal |\n"
+          "|---|---|---|---|---|---|---|")
     print("\n".join(fake_quant_rows(args.repeats)))
     print("\n#### plan() on a ResNet-50 on the GPU, N = 64, 224 px, budget 16 MiB\n")
     print("| measure | value |\n|---|---|")

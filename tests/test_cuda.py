@@ -9,12 +9,13 @@ import pytest
 import torch
 
 import ompq_ext
-from ompq_ext import OmpqValueError, _core
-from ompq_ext.features import cuda_kernels_usable, gram_accumulate_cuda
+from ompq_ext import OmpqValueError, _core, cuda_kernels
+from ompq_ext.features import GramCollector
+from ompq_ext.layers import find_layers
 from ompq_ext.models import resnet1d
 
 built = pytest.mark.skipif(not getattr(_core, "cuda_built", False), reason="core built without CUDA")
-gpu = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_kernels_usable()),
+gpu = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_kernels.usable()),
                          reason="needs a CUDA device and the core's CUDA kernels")
 
 
@@ -30,6 +31,7 @@ def test_cuda_kernels_are_built_where_nvcc_is_found():
     (dict(x=0), "null"),
     (dict(row_stride=10), "row_stride"),
     (dict(workspace_bytes=16), "workspace_bytes"),
+    (dict(kernel="tf32"), "kernel"),
 ])
 def test_binding_checks_arguments_before_any_kernel(kwargs, match):
     args = dict(x=1, dtype="f32", n=40, d=5000, row_stride=5000, gram=1, workspace=1,
@@ -41,9 +43,30 @@ def test_binding_checks_arguments_before_any_kernel(kwargs, match):
 
 @built
 def test_workspace_size_follows_tiles_and_chunks():
-    # 40 rows: 2 tiles of 32, 3 upper-triangle pairs; 5000 columns: 2 chunks of 4096.
-    assert _core.gram_workspace_bytes(40, 5000) == 2 * 3 * 32 * 32 * 4
-    assert _core.gram_workspace_bytes(32, 4096) == 1 * 1 * 32 * 32 * 4
+    # 40 rows: 2 tiles of 32, 3 upper-triangle pairs; 5000 columns: 5 chunks of 1024.
+    assert _core.gram_workspace_bytes(40, 5000) == 5 * 3 * 32 * 32 * 4
+    assert _core.gram_workspace_bytes(32, 1024) == 1 * 1 * 32 * 32 * 4
+    # Wider features go in launches of 32768 chunks, which share the workspace.
+    assert _core.gram_workspace_bytes(32, 10**9) == 32768 * 32 * 32 * 4
+    # ORM: centred Grams, row and column sums, squared norms, the L x L product.
+    assert _core.orm_workspace_bytes(3, 8) == (3 * 64 + 3 * 16 + 3 + 9) * 8
+
+
+@built
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(estimator="kendall"), "estimator"),
+    (dict(n=1), "biased estimator needs n"),
+    (dict(n=3, estimator="unbiased"), "unbiased estimator needs n"),
+    (dict(layers=0), "layers"),
+    (dict(grams=0), "null"),
+    (dict(workspace_bytes=8), "workspace_bytes"),
+])
+def test_orm_binding_checks_arguments_before_any_kernel(kwargs, match):
+    args = dict(grams=1, layers=3, n=8, estimator="biased", orm=1, workspace=1,
+                workspace_bytes=_core.orm_workspace_bytes(3, 8), stream=0)
+    args.update(kwargs)
+    with pytest.raises(OmpqValueError, match=match):
+        _core.orm_matrix_cuda(**args)
 
 
 def cpu_gram(x: torch.Tensor) -> np.ndarray:
@@ -55,32 +78,106 @@ def cpu_gram(x: torch.Tensor) -> np.ndarray:
     return k
 
 
+GRAM_CASES = [(torch.float32, "cuda_cores"), (torch.float16, "cuda_cores"), (torch.bfloat16, "cuda_cores"),
+              (torch.float16, "tensor_cores"), (torch.bfloat16, "tensor_cores"), (torch.bfloat16, "auto")]
+
+
 @gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n, d", [(1, 1), (5, 31), (32, 4096), (33, 4097), (64, 10000), (100, 333), (257, 70000)])
-def test_gram_matches_the_cpu_core(dtype, n, d):
+@pytest.mark.parametrize("dtype, kernel", GRAM_CASES)
+@pytest.mark.parametrize("n, d", [(1, 1), (5, 31), (32, 1024), (33, 1025), (64, 10000), (100, 333), (257, 70000)])
+def test_gram_matches_the_cpu_core(dtype, kernel, n, d):
     g = torch.Generator().manual_seed(n * 7919 + d)
     full = torch.randn(n, d + 3, generator=g).to(dtype)
     x = full[:, 1:d + 1]  # rows with a stride larger than d
     gram = torch.zeros(n, n, dtype=torch.float64, device="cuda")
-    gram_accumulate_cuda(x.cuda(), gram)
-    gram_accumulate_cuda(x.cuda(), gram)  # accumulates
+    cuda_kernels.gram_accumulate(x.cuda(), gram, kernel)
+    cuda_kernels.gram_accumulate(x.cuda(), gram, kernel)  # accumulates
     got = gram.cpu().numpy()
     want = 2 * cpu_gram(x)
     scale = np.sqrt(np.outer(np.diag(want), np.diag(want))) + 1e-30
-    # Both sum float32 products over chunks of 4096 columns, in different orders within a chunk.
+    # Both sum float32 products over chunks of columns, in different orders within a chunk.
     assert np.max(np.abs(got - want) / scale) < 1e-5
     assert np.array_equal(got, got.T)
 
 
 @gpu
-def test_gram_is_reproducible_bit_for_bit():
-    x = torch.randn(96, 50000, device="cuda")
+def test_gram_of_features_wider_than_one_launch():
+    # 2 rows of 33.6 M columns: two launches (32768 chunks of 1024 columns each) summed into K.
+    d = 32768 * 1024 + 5000
+    x = torch.randn(2, d, device="cuda").to(torch.bfloat16)
+    gram = torch.zeros(2, 2, dtype=torch.float64, device="cuda")
+    cuda_kernels.gram_accumulate(x, gram)
+    want = x.double() @ x.double().T
+    assert torch.max(torch.abs(gram - want) / want.diagonal().max()) < 1e-5
+
+
+@gpu
+def test_tensor_cores_refuse_float32():
+    x = torch.randn(4, 64, device="cuda")
+    with pytest.raises(OmpqValueError, match="float32"):
+        cuda_kernels.gram_accumulate(x, torch.zeros(4, 4, dtype=torch.float64, device="cuda"), "tensor_cores")
+
+
+@gpu
+@pytest.mark.parametrize("dtype, kernel", GRAM_CASES)
+def test_gram_is_reproducible_bit_for_bit(dtype, kernel):
+    x = torch.randn(96, 50000, device="cuda").to(dtype)
     a = torch.zeros(96, 96, dtype=torch.float64, device="cuda")
     b = torch.zeros_like(a)
-    gram_accumulate_cuda(x, a)
-    gram_accumulate_cuda(x, b)
+    cuda_kernels.gram_accumulate(x, a, kernel)
+    cuda_kernels.gram_accumulate(x, b, kernel)
     assert torch.equal(a, b)
+
+
+def random_grams(layers, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    feats = [torch.randn(n, int(torch.randint(1, 300, (1,), generator=g)), generator=g, dtype=torch.float64)
+             for _ in range(layers)]
+    feats[-1] = feats[0] * 3 + 0.1 * torch.randn(feats[0].shape, generator=g, dtype=torch.float64)  # a near twin
+    return torch.stack([f @ f.T for f in feats])
+
+
+@gpu
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+@pytest.mark.parametrize("layers, n", [(1, 4), (2, 5), (7, 32), (30, 64), (5, 300)])
+def test_orm_on_the_gpu_matches_the_cpu_core(estimator, layers, n):
+    grams = random_grams(layers, n, seed=layers * 100 + n)
+    want = _core.orm_matrix(grams.numpy(), estimator)
+    got = cuda_kernels.orm_matrix(grams.cuda(), estimator)
+    assert np.max(np.abs(got - want)) < 1e-12
+    assert np.array_equal(got, got.T) and np.all(np.diagonal(got) == 1.0)
+    again = cuda_kernels.orm_matrix(grams.cuda(), estimator)
+    assert np.array_equal(got, again)
+
+
+@gpu
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_orm_on_the_gpu_marks_a_constant_layer_with_nan(estimator):
+    grams = random_grams(4, 16, seed=3)
+    grams[2] = 5.0  # the Gram of a feature equal for every sample: its centred form is zero
+    got = cuda_kernels.orm_matrix(grams.cuda(), estimator)
+    want = _core.orm_matrix(grams.numpy(), estimator)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.all(np.isnan(got[2])) and np.all(np.isnan(got[:, 2])) and not np.isnan(got[0, 1])
+
+
+@gpu
+def test_gram_collector_keeps_the_grams_on_the_gpu():
+    torch.manual_seed(0)
+    model = resnet1d(width=16).eval().cuda()
+    layers = find_layers(model)
+    x = torch.randn(24, 1, 40, device="cuda")
+    with torch.no_grad(), GramCollector(layers, 24) as collector:
+        model(x)
+        collector.finish()
+    assert collector.device_grams is not None and collector.device_grams.device.type == "cuda"
+    picked = collector.grams_of([2, 0])
+    assert picked.is_cuda and torch.equal(picked[1], collector.device_grams[0])
+    with torch.no_grad(), GramCollector(layers, 24) as on_cpu:
+        model.cpu()(x.cpu())
+        on_cpu.finish()
+    want = on_cpu.grams_of([2, 0])
+    assert np.max(np.abs(picked.cpu().numpy() - want) / np.abs(want).max()) < 1e-5
 
 
 @gpu
@@ -138,6 +235,25 @@ def test_fake_quant_gradients_on_cuda_match_the_cpu_core(shape, axis):
     (gx0, gs0, gz0, y0), (gx1, gs1, gz1, y1) = results
     assert torch.equal(y0, y1) and torch.equal(gx0, gx1)
     assert torch.allclose(gs0, gs1, rtol=1e-5, atol=1e-5) and torch.allclose(gz0, gz1, rtol=1e-5, atol=1e-5)
+
+
+@gpu
+@pytest.mark.parametrize("shape, axis", [((64, 3, 3, 3), 0), ((5, 7, 11), 2), ((4, 64, 56, 56), None)])
+def test_straight_through_gradient_alone_on_cuda_matches_the_cpu_core(shape, axis):
+    # Fixed scale and zero point: the backward is the elementwise masked pass, no sums.
+    from ompq_ext.quant.ops import fake_quantize
+
+    torch.manual_seed(1)
+    x = torch.randn(shape) * 2
+    scale = torch.rand(1 if axis is None else shape[axis]) * 0.1 + 0.02
+    grad = torch.randn(shape)
+    grads = []
+    for device in ("cpu", "cuda"):
+        xs = x.to(device).requires_grad_()
+        fake_quantize(xs, scale.to(device), bits=3, axis=axis).backward(grad.to(device))
+        grads.append(xs.grad.cpu())
+    assert torch.equal(grads[0], grads[1])
+    assert (grads[0] == 0).any() and (grads[0] != 0).any()  # both sides of the clipping mask occur
 
 
 @gpu

@@ -302,7 +302,12 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("n"), py::arg("d"), "Bytes of device workspace gram_accumulate_cuda needs.");
     m.def("gram_accumulate_cuda", [](std::uintptr_t x, const std::string& dtype, std::int64_t n, std::int64_t d,
                                      std::int64_t row_stride, std::uintptr_t gram, std::uintptr_t workspace,
-                                     std::int64_t workspace_bytes, std::uintptr_t stream) {
+                                     std::int64_t workspace_bytes, std::uintptr_t stream, const std::string& kernel) {
+        ompq::cuda::GramKernel which;
+        if (kernel == "auto") which = ompq::cuda::GramKernel::automatic;
+        else if (kernel == "cuda_cores") which = ompq::cuda::GramKernel::cuda_cores;
+        else if (kernel == "tensor_cores") which = ompq::cuda::GramKernel::tensor_cores;
+        else fail("kernel must be 'auto', 'cuda_cores' or 'tensor_cores', got '" + kernel + "'");
         ompq::DType dt;
         if (dtype == "f32") dt = ompq::DType::f32;
         else if (dtype == "f16") dt = ompq::DType::f16;
@@ -318,14 +323,46 @@ PYBIND11_MODULE(_core, m) {
             ompq::cuda::gram_accumulate(reinterpret_cast<const void*>(x), dt, static_cast<std::size_t>(n),
                                         static_cast<std::size_t>(d), static_cast<std::size_t>(row_stride),
                                         reinterpret_cast<double*>(gram), reinterpret_cast<void*>(workspace),
-                                        static_cast<std::size_t>(workspace_bytes), reinterpret_cast<void*>(stream));
+                                        static_cast<std::size_t>(workspace_bytes), reinterpret_cast<void*>(stream),
+                                        which);
         } catch (const std::exception& e) {
             fail(e.what());
         }
     }, py::arg("x"), py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("row_stride"), py::arg("gram"),
-       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
+       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"), py::arg("kernel") = "auto",
        "gram (n x n float64, device) += X Xᵀ for device features X (n rows of row_stride elements), "
-       "enqueued on `stream` (a cudaStream_t as an integer) without host synchronisation.");
+       "enqueued on `stream` (a cudaStream_t as an integer) without host synchronisation. kernel: 'auto' "
+       "(tensor cores for 16-bit features on sm_80+), 'cuda_cores' or 'tensor_cores'.");
+    m.def("orm_workspace_bytes", [](std::int64_t layers, std::int64_t n) {
+        if (layers < 1 || n < 1) fail("layers and n must be >= 1");
+        return ompq::cuda::orm_workspace_bytes(static_cast<std::size_t>(layers), static_cast<std::size_t>(n));
+    }, py::arg("layers"), py::arg("n"), "Bytes of device workspace orm_matrix_cuda needs.");
+    m.def("orm_matrix_cuda", [](std::uintptr_t grams, std::int64_t layers, std::int64_t n, const std::string& estimator,
+                                std::uintptr_t orm, std::uintptr_t workspace, std::int64_t workspace_bytes,
+                                std::uintptr_t stream) {
+        const ompq::Estimator est = parse_estimator(estimator);
+        if (layers < 1 || layers > 65535) fail("layers must be in 1..65535, got " + std::to_string(layers));
+        const std::int64_t least = est == ompq::Estimator::biased ? 2 : 4;
+        if (n < least || n > 46340)
+            fail("the " + estimator + " estimator needs n in " + std::to_string(least) + "..46340, got " +
+                 std::to_string(n));
+        if (grams == 0 || orm == 0 || workspace == 0) fail("grams, orm and workspace must be device pointers, got a null one");
+        const auto need = ompq::cuda::orm_workspace_bytes(static_cast<std::size_t>(layers), static_cast<std::size_t>(n));
+        if (workspace_bytes < 0 || static_cast<std::size_t>(workspace_bytes) < need)
+            fail("workspace_bytes is " + std::to_string(workspace_bytes) + ", needs " + std::to_string(need));
+        try {
+            py::gil_scoped_release release;
+            ompq::cuda::orm_matrix(reinterpret_cast<const double*>(grams), static_cast<std::size_t>(layers),
+                                   static_cast<std::size_t>(n), est, reinterpret_cast<double*>(orm),
+                                   reinterpret_cast<void*>(workspace), static_cast<std::size_t>(workspace_bytes),
+                                   reinterpret_cast<void*>(stream));
+        } catch (const std::exception& e) {
+            fail(e.what());
+        }
+    }, py::arg("grams"), py::arg("layers"), py::arg("n"), py::arg("estimator"), py::arg("orm"), py::arg("workspace"),
+       py::arg("workspace_bytes"), py::arg("stream"),
+       "orm (layers x layers float64, device) = linear CKA of the (layers, n, n) float64 device Grams, enqueued "
+       "on `stream`; NaN rows mark layers whose centred Gram is zero.");
     auto cuda_layout = [](std::int64_t outer, std::int64_t channels, std::int64_t inner) {
         if (outer < 1 || channels < 1 || inner < 0) fail("need outer >= 1, channels >= 1 and inner >= 0");
         return ompq::QuantLayout{static_cast<std::size_t>(outer), static_cast<std::size_t>(channels),

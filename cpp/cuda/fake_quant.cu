@@ -15,12 +15,27 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-__global__ void forward_kernel(const float* __restrict__ x, float* __restrict__ y, long long size, long long channels,
-                               long long inner, const float* __restrict__ scale, const float* __restrict__ zero,
+// Channel of element i of an [outer][channels][inner] tensor. Index is 32-bit whenever the tensor
+// allows: a 64-bit division is a long software routine on the GPU.
+template <typename Index>
+__device__ __forceinline__ Index channel_of(Index i, Index channels, Index inner) {
+    if (channels == 1) return 0;
+    const Index row = i / inner;
+    return row < channels ? row : row % channels;
+}
+
+__device__ __forceinline__ bool inside_grid(float x, float inv, float z, float qmin, float qmax) {
+    const float q = rintf(x * inv) + z;
+    return q >= qmin && q <= qmax;
+}
+
+template <typename Index>
+__global__ void forward_kernel(const float* __restrict__ x, float* __restrict__ y, Index size, Index channels,
+                               Index inner, const float* __restrict__ scale, const float* __restrict__ zero,
                                float qmin, float qmax) {
-    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < size;
-         i += static_cast<long long>(gridDim.x) * blockDim.x) {
-        const long long c = (i / inner) % channels;
+    const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
+    for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < size; i += step) {
+        const Index c = channel_of(i, channels, inner);
         const float s = scale[c], z = zero[c];
         const float inv = 1.0f / s;
         const float q = clampf(rintf(x[i] * inv) + z, qmin, qmax);
@@ -28,11 +43,24 @@ __global__ void forward_kernel(const float* __restrict__ x, float* __restrict__ 
     }
 }
 
-// One block per (row = outer * channels + channel, segment of the row's inner elements).
+// The straight-through gradient alone (no scale / zero-point sums): one elementwise pass.
+template <typename Index>
+__global__ void backward_mask_kernel(const float* __restrict__ x, const float* __restrict__ gy, float* __restrict__ gx,
+                                     Index size, Index channels, Index inner, const float* __restrict__ scale,
+                                     const float* __restrict__ zero, float qmin, float qmax) {
+    const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
+    for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < size; i += step) {
+        const Index c = channel_of(i, channels, inner);
+        gx[i] = inside_grid(x[i], 1.0f / scale[c], zero[c], qmin, qmax) ? gy[i] : 0.0f;
+    }
+}
+
+// With the scale / zero-point sums: one block per (row = outer * channels + channel, segment of the
+// row's inner elements), gx and the block's two partial sums in one pass.
 __global__ void backward_kernel(const float* __restrict__ x, const float* __restrict__ gy, float* __restrict__ gx,
                                 long long channels, long long inner, long long segments,
                                 const float* __restrict__ scale, const float* __restrict__ zero, float qmin, float qmax,
-                                bool want_sums, double* __restrict__ partial) {
+                                double* __restrict__ partial) {
     const long long block = blockIdx.x;
     const long long row = block / segments, seg = block % segments;
     const long long c = row % channels;
@@ -49,13 +77,10 @@ __global__ void backward_kernel(const float* __restrict__ x, const float* __rest
         const float q = r + z;
         const bool inside = q >= qmin && q <= qmax;
         gx[i] = inside ? gy[i] : 0.0f;
-        if (want_sums) {
-            const float d = inside ? r - xs : (q < qmin ? below : above);
-            acc_scale += gy[i] * d;
-            acc_out += inside ? 0.0f : gy[i];
-        }
+        const float d = inside ? r - xs : (q < qmin ? below : above);
+        acc_scale += gy[i] * d;
+        acc_out += inside ? 0.0f : gy[i];
     }
-    if (!want_sums) return;
     __shared__ double sh_scale[kThreads], sh_out[kThreads];
     sh_scale[threadIdx.x] = acc_scale;
     sh_out[threadIdx.x] = acc_out;
@@ -100,6 +125,22 @@ void check_layout(const QuantLayout& layout, QuantRange range) {
     if (range.qmin > range.qmax) throw std::invalid_argument("qmin > qmax");
 }
 
+// Runs launch(size, channels, inner, blocks, stream) with 32-bit indices when the tensor has fewer
+// than 2^31 elements (so the grid-stride loop cannot overflow), 64-bit ones otherwise.
+template <typename Launch>
+void launch_elementwise(const QuantLayout& layout, void* stream, const char* what, Launch launch) {
+    const auto size = static_cast<long long>(layout.size());
+    if (size == 0) return;
+    const auto blocks = static_cast<unsigned>(std::min<long long>((size + kThreads - 1) / kThreads, 65535LL * 32));
+    auto s = static_cast<cudaStream_t>(stream);
+    if (size <= 2147483647LL)
+        launch(static_cast<unsigned>(size), static_cast<unsigned>(layout.channels), static_cast<unsigned>(layout.inner),
+               blocks, s);
+    else
+        launch(size, static_cast<long long>(layout.channels), static_cast<long long>(layout.inner), blocks, s);
+    check(cudaGetLastError(), what);
+}
+
 long long segments_of(const QuantLayout& layout) {
     return layout.inner == 0 ? 0 : static_cast<long long>((layout.inner + kQuantSegment - 1) / kQuantSegment);
 }
@@ -109,13 +150,11 @@ long long segments_of(const QuantLayout& layout) {
 void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, const float* scale,
                         const float* zero_point, QuantRange range, void* stream) {
     check_layout(layout, range);
-    const long long size = static_cast<long long>(layout.size());
-    if (size == 0) return;
-    const long long blocks = std::min<long long>((size + kThreads - 1) / kThreads, 65535LL * 32);
-    forward_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        x, y, size, static_cast<long long>(layout.channels), static_cast<long long>(layout.inner), scale, zero_point,
-        static_cast<float>(range.qmin), static_cast<float>(range.qmax));
-    check(cudaGetLastError(), "fake_quant forward launch");
+    const auto qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
+    launch_elementwise(layout, stream, "fake_quant forward launch", [&](auto size, auto channels, auto inner,
+                                                                         unsigned blocks, cudaStream_t s) {
+        forward_kernel<<<blocks, kThreads, 0, s>>>(x, y, size, channels, inner, scale, zero_point, qmin, qmax);
+    });
 }
 
 std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& layout) {
@@ -130,6 +169,15 @@ void fake_quant_backward(const float* x, const float* gy, float* gx, float* gsca
     const bool want_sums = gscale != nullptr || gzero != nullptr;
     if (want_sums && workspace_bytes < fake_quant_backward_workspace_bytes(layout))
         throw std::invalid_argument("workspace too small");
+    const auto qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
+    if (!want_sums) {
+        launch_elementwise(layout, stream, "fake_quant backward launch", [&](auto size, auto channels, auto inner,
+                                                                              unsigned blocks, cudaStream_t s) {
+            backward_mask_kernel<<<blocks, kThreads, 0, s>>>(x, gy, gx, size, channels, inner, scale, zero_point,
+                                                             qmin, qmax);
+        });
+        return;
+    }
     const long long segments = segments_of(layout);
     const long long blocks = static_cast<long long>(layout.outer * layout.channels) * segments;
     if (blocks > 2147483647LL) throw std::invalid_argument("tensor too large for one call");
@@ -137,9 +185,8 @@ void fake_quant_backward(const float* x, const float* gy, float* gx, float* gsca
     auto* partial = static_cast<double*>(workspace);
     backward_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
         x, gy, gx, static_cast<long long>(layout.channels), static_cast<long long>(layout.inner), segments, scale,
-        zero_point, static_cast<float>(range.qmin), static_cast<float>(range.qmax), want_sums, partial);
+        zero_point, qmin, qmax, partial);
     check(cudaGetLastError(), "fake_quant backward launch");
-    if (!want_sums) return;
     const long long channels = static_cast<long long>(layout.channels);
     channel_sums<<<static_cast<unsigned>((channels + kThreads - 1) / kThreads), kThreads, 0, s>>>(
         partial, static_cast<long long>(layout.outer), channels, segments, scale, grad_factor, gscale, gzero);

@@ -9,14 +9,13 @@ leaves the user's model exactly as it was.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import _core
+from . import _core, cuda_kernels
 from .errors import FeatureError, OmpqError, OmpqTypeError, OmpqValueError
 from .layers import Layer
 
@@ -175,30 +174,6 @@ def untouched(model: nn.Module):
 # ---------------------------------------------------------------- the Gram hooks
 
 
-@functools.lru_cache(maxsize=1)
-def cuda_kernels_usable() -> bool:
-    """Whether the core was built with its CUDA kernels and a device is visible. Asked only once
-    a CUDA tensor shows up: on a CPU-only run it never touches the CUDA runtime."""
-    return bool(getattr(_core, "cuda_built", False)) and _core.cuda_device_available()
-
-
-_CUDA_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
-
-
-def gram_accumulate_cuda(flat: torch.Tensor, gram: torch.Tensor) -> None:
-    """gram (N x N float64 on flat's device) += flat flatᵀ with the core's CUDA kernel, on torch's
-    current stream; nothing waits for it (the values are read after the forward pass)."""
-    if flat.dtype not in _CUDA_DTYPES:
-        flat = flat.float()
-    if flat.stride(-1) != 1:
-        flat = flat.contiguous()
-    n, d = flat.shape
-    workspace = torch.empty(_core.gram_workspace_bytes(n, d), dtype=torch.uint8, device=flat.device)
-    stream = torch.cuda.current_stream(flat.device).cuda_stream
-    _core.gram_accumulate_cuda(flat.data_ptr(), _CUDA_DTYPES[flat.dtype], n, d, flat.stride(0), gram.data_ptr(),
-                               workspace.data_ptr(), workspace.numel(), stream)
-
-
 def _gram_operands(flat: torch.Tensor):
     """A 2-D CPU tensor as (numpy array, dtype tag) for the core, converting only what it cannot read."""
     if flat.device.type != "cpu":
@@ -265,6 +240,8 @@ class GramCollector:
         self._pending: dict[int, torch.Tensor] = {}  # layer -> its own output, until an activation runs
         self._device_grams: dict[torch.device, torch.Tensor] = {}  # (L, N, N) float64 per CUDA device
         self._on_device: set[int] = set()  # layers with a Gram on a device, checked in finish()
+        self._on_host: set[int] = set()
+        self.device_grams: torch.Tensor | None = None  # after finish(): every Gram, when all are on one GPU
         self._handles = []
 
     def __enter__(self):
@@ -283,24 +260,37 @@ class GramCollector:
         return False
 
     def finish(self):
-        """After the forward pass: layers no activation followed use their own output, and the
-        Grams formed on a GPU are added to the host ones (one copy per device)."""
+        """After the forward pass: layers no activation followed use their own output. When every
+        Gram was formed on one GPU they stay there (``device_grams``: the ORM is formed there too);
+        otherwise the device Grams are added to the host ones (one copy per device)."""
         for i, out in self._pending.items():
             self._accumulate(i, out, self.layers[i].name)
         self._pending.clear()
-        for grams in self._device_grams.values():
-            self.grams += grams.cpu().numpy()
+        if len(self._device_grams) == 1 and not self._on_host:
+            (self.device_grams,) = self._device_grams.values()
+            diagonals = torch.diagonal(self.device_grams, dim1=1, dim2=2)
+            finite = torch.isfinite(diagonals).all(dim=1).cpu().numpy()
+        else:
+            for grams in self._device_grams.values():
+                self.grams += grams.cpu().numpy()
+            finite = np.isfinite(np.diagonal(self.grams, axis1=1, axis2=2)).all(axis=1)
         self._device_grams.clear()
         for i in sorted(self._on_device):
-            self._check_finite(i)
+            if not finite[i]:
+                self._report_not_finite(i)
         self._on_device.clear()
 
-    def _check_finite(self, i: int):
-        if not np.all(np.isfinite(np.diagonal(self.grams[i]))):
-            raise FeatureError(
-                f"layer {self.layers[i].name!r} produced NaN or Inf features (or their squares overflow); "
-                f"check the model and its inputs, or exclude the layer"
-            )
+    def grams_of(self, indices: list[int]):
+        """The Grams of these layers: a (k, N, N) CUDA tensor when they stayed on a GPU, else a numpy array."""
+        if self.device_grams is not None:
+            return self.device_grams[torch.as_tensor(indices, device=self.device_grams.device)]
+        return self.grams[indices]
+
+    def _report_not_finite(self, i: int):
+        raise FeatureError(
+            f"layer {self.layers[i].name!r} produced NaN or Inf features (or their squares overflow); "
+            f"check the model and its inputs, or exclude the layer"
+        )
 
     def _check_batch(self, out: torch.Tensor, source: str):
         if out.dim() == 0 or out.shape[0] != self.n:
@@ -312,15 +302,17 @@ class GramCollector:
     def _accumulate(self, i: int, out: torch.Tensor, source: str):
         self._check_batch(out, source)
         flat = _flatten_samples(out.detach(), self.n)
-        if flat.device.type == "cuda" and cuda_kernels_usable():
+        if flat.device.type == "cuda" and cuda_kernels.usable():
             if flat.device not in self._device_grams:
                 self._device_grams[flat.device] = torch.zeros(self.grams.shape, dtype=torch.float64, device=flat.device)
-            gram_accumulate_cuda(flat, self._device_grams[flat.device][i])
+            cuda_kernels.gram_accumulate(flat, self._device_grams[flat.device][i])
             self._on_device.add(i)
             return
         array, tag = _gram_operands(flat)
         _core.gram_accumulate(array, self.grams[i], dtype=tag, num_threads=self.num_threads)
-        self._check_finite(i)
+        self._on_host.add(i)
+        if not np.all(np.isfinite(np.diagonal(self.grams[i]))):
+            self._report_not_finite(i)
 
     def _activation_hook(self, module, inputs, output):
         self.activation_calls += 1

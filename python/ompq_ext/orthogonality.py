@@ -10,23 +10,27 @@ domain and normalised so its largest value is 1 -- with the reference's beta
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from . import _core
+from . import _core, cuda_kernels
 from .errors import FeatureError, OmpqValueError
 
 ESTIMATORS = ("biased", "unbiased")
 OBJECTIVES = ("suffix_mean", "layer")
 
 
-def orm_matrix(grams: np.ndarray, names: list[str], estimator: str = "biased", num_threads: int = 0) -> np.ndarray:
-    """L x L linear-CKA matrix from (L, N, N) Grams; a layer whose features do not
-    vary across the samples has no CKA and is reported by name."""
+def orm_matrix(grams, names: list[str], estimator: str = "biased", num_threads: int = 0) -> np.ndarray:
+    """L x L linear-CKA matrix from (L, N, N) Grams (a numpy array, or a CUDA tensor: then formed on
+    its GPU); a layer whose features do not vary across the samples has no CKA and is reported by name."""
     if estimator not in ESTIMATORS:
         raise OmpqValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     n = grams.shape[1]
     if estimator == "unbiased" and n < 4:
         raise OmpqValueError(f"the unbiased estimator needs at least 4 samples, got num_samples={n}")
-    orm = _core.orm_matrix(np.ascontiguousarray(grams, dtype=np.float64), estimator, num_threads)
+    if isinstance(grams, torch.Tensor):
+        orm = cuda_kernels.orm_matrix(grams, estimator)
+    else:
+        orm = _core.orm_matrix(np.ascontiguousarray(grams, dtype=np.float64), estimator, num_threads)
     bad = [names[i] for i in range(len(names)) if np.isnan(orm[i, i])]
     if bad:
         raise FeatureError(

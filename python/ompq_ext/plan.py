@@ -428,7 +428,7 @@ def plan(
 
     # 3-4. orthogonality and importance, in execution order
     t = time.perf_counter()
-    orm = orm_matrix(collector.grams[ran], names, estimator, num_threads)
+    orm = orm_matrix(collector.grams_of(ran), names, estimator, num_threads)
     gamma = importance(orm)
     logt = log_theta(gamma, beta)
     weights = objective_weights(logt, objective)

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "ompq/gram.hpp"
+#include "ompq/orthogonality.hpp"
 
 namespace ompq::cuda {
 
@@ -18,14 +19,31 @@ bool device_available();
 // Bytes of device workspace gram_accumulate needs for an n x d feature matrix.
 std::size_t gram_workspace_bytes(std::size_t n, std::size_t d);
 
+// Which units form the float32 partial sums. automatic: tensor cores for float16 / bfloat16 on a
+// GPU of compute capability 8.0 or newer, CUDA cores otherwise. tensor_cores with float32
+// features, or on an older GPU, throws std::invalid_argument (float32 stays exact on CUDA cores:
+// TF32 would round the inputs to 10 bits).
+enum class GramKernel { automatic, cuda_cores, tensor_cores };
+
 // k (n x n row-major float64, device) += X Xᵀ, both triangles. x: n rows of d elements of
 // `dtype` (f32, f16 or bf16), row r at x + r * row_stride elements. Products are summed in
 // float32 over chunks of kGramChunk columns, in a fixed order, and the chunks' partial sums are
-// added in float64 in chunk order: the result does not depend on the launch configuration or on
-// timing, and matches the CPU core to float32-chunk rounding.
-constexpr std::size_t kGramChunk = 4096;
+// added in float64 in chunk order: the result does not depend on timing, and matches the CPU
+// core to float32-chunk rounding.
+constexpr std::size_t kGramChunk = 1024;
 void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, std::size_t row_stride,
-                     double* k, void* workspace, std::size_t workspace_bytes, void* stream);
+                     double* k, void* workspace, std::size_t workspace_bytes, void* stream,
+                     GramKernel kernel = GramKernel::automatic);
+
+// Bytes of device workspace orm_matrix needs for L Grams of n x n.
+std::size_t orm_workspace_bytes(std::size_t num_layers, std::size_t n);
+
+// The CPU core's ompq::orm_matrix on device buffers: grams (L consecutive n x n float64 Grams),
+// orm (L x L float64). Centring, the product of the centred Grams and the normalisation each run
+// in a fixed order (no atomics); a layer whose centred Gram is zero gets a NaN row and column.
+// Needs n >= 2 (biased) or n >= 4 (unbiased).
+void orm_matrix(const double* grams, std::size_t num_layers, std::size_t n, Estimator estimator, double* orm,
+                void* workspace, std::size_t workspace_bytes, void* stream);
 
 }  // namespace ompq::cuda
 

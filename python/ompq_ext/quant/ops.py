@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _core
 from ..errors import OmpqError, OmpqTypeError, OmpqValueError
-from ..features import cuda_kernels_usable
+from .. import cuda_kernels
 
 PER_TENSOR = -1  # the ops' axis for per-tensor quantization
 
@@ -48,19 +48,12 @@ def _layout(x: Tensor, axis: int) -> tuple[int, int, int]:
     return math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:])
 
 
-def _stream(t: Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
-
-
 @torch.library.custom_op("ompq_ext::fake_quant", mutates_args=())
 def _fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int, qmin: int, qmax: int,
                 grad_factor: float) -> Tensor:
     if x.is_cuda:
         x, scale, zero_point = x.contiguous(), scale.contiguous(), zero_point.contiguous()
-        out = torch.empty_like(x)
-        _core.fake_quant_forward_cuda(x.data_ptr(), out.data_ptr(), *_layout(x, axis), scale.data_ptr(),
-                                      zero_point.data_ptr(), qmin, qmax, _stream(x))
-        return out
+        return cuda_kernels.fake_quant_forward(x, scale, zero_point, _layout(x, axis), qmin, qmax)
     out = _core.fake_quant_forward(_numpy(x), _numpy(scale), _numpy(zero_point), _axis(axis), qmin, qmax)
     return torch.from_numpy(out)
 
@@ -75,30 +68,14 @@ def _fake_quant_backward(grad: Tensor, x: Tensor, scale: Tensor, zero_point: Ten
                          qmax: int, grad_factor: float, scale_grad: bool,
                          zero_point_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     if x.is_cuda:
-        return _fake_quant_backward_cuda(grad, x, scale, zero_point, axis, qmin, qmax, grad_factor, scale_grad,
-                                         zero_point_grad)
+        x, grad, scale, zero_point = x.contiguous(), grad.contiguous(), scale.contiguous(), zero_point.contiguous()
+        return cuda_kernels.fake_quant_backward(grad, x, scale, zero_point, _layout(x, axis), qmin, qmax, grad_factor,
+                                                scale_grad, zero_point_grad)
     gx, gs, gz = _core.fake_quant_backward(_numpy(x), _numpy(grad), _numpy(scale), _numpy(zero_point), _axis(axis),
                                            qmin, qmax, grad_factor, scale_grad, zero_point_grad)
     gs = torch.from_numpy(gs) if gs is not None else torch.zeros_like(scale)
     gz = torch.from_numpy(gz) if gz is not None else torch.zeros_like(zero_point)
     return torch.from_numpy(gx), gs, gz
-
-
-def _fake_quant_backward_cuda(grad, x, scale, zero_point, axis, qmin, qmax, grad_factor, scale_grad,
-                              zero_point_grad):
-    x, grad, scale, zero_point = x.contiguous(), grad.contiguous(), scale.contiguous(), zero_point.contiguous()
-    layout = _layout(x, axis)
-    gx = torch.empty_like(x)
-    gs = torch.empty_like(scale) if scale_grad else torch.zeros_like(scale)
-    gz = torch.empty_like(zero_point) if zero_point_grad else torch.zeros_like(zero_point)
-    sums = scale_grad or zero_point_grad
-    workspace = torch.empty(_core.fake_quant_backward_workspace_bytes(*layout) if sums else 0, dtype=torch.uint8,
-                            device=x.device)
-    _core.fake_quant_backward_cuda(x.data_ptr(), grad.data_ptr(), gx.data_ptr(), gs.data_ptr() if scale_grad else 0,
-                                   gz.data_ptr() if zero_point_grad else 0, *layout, scale.data_ptr(),
-                                   zero_point.data_ptr(), qmin, qmax, grad_factor,
-                                   workspace.data_ptr() if sums else 0, workspace.numel(), _stream(x))
-    return gx, gs, gz
 
 
 @_fake_quant_backward.register_fake
@@ -139,7 +116,7 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | None = None, *,
     for name, t in (("scale", scale), ("zero_point", zero_point)):
         if t is not None and t.device != x.device:
             raise OmpqError(f"fake_quantize: x is on {x.device} but {name} is on {t.device}; put them on one device")
-    if x.device.type == "cuda" and not cuda_kernels_usable():
+    if x.device.type == "cuda" and not cuda_kernels.usable():
         raise OmpqError("fake_quantize: x is on a CUDA device but this ompq_ext was built without its CUDA kernels "
                         "(no CUDA toolkit at build time); reinstall with nvcc on PATH, or move the tensors to the CPU")
     if x.device.type not in ("cpu", "cuda"):
