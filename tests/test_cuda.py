@@ -88,10 +88,11 @@ GRAM_CASES = [(torch.float32, "cuda_cores"), (torch.float16, "cuda_cores"), (tor
 def test_gram_matches_the_cpu_core(dtype, kernel, n, d):
     g = torch.Generator().manual_seed(n * 7919 + d)
     full = torch.randn(n, d + 3, generator=g).to(dtype)
-    x = full[:, 1:d + 1]  # rows with a stride larger than d
+    x = full[:, 1:d + 1]
+    on_gpu = full.cuda()[:, 1:d + 1]  # rows with a stride larger than d
     gram = torch.zeros(n, n, dtype=torch.float64, device="cuda")
-    cuda_kernels.gram_accumulate(x.cuda(), gram, kernel)
-    cuda_kernels.gram_accumulate(x.cuda(), gram, kernel)  # accumulates
+    cuda_kernels.gram_accumulate(on_gpu, gram, kernel)
+    cuda_kernels.gram_accumulate(on_gpu, gram, kernel)  # accumulates
     got = gram.cpu().numpy()
     want = 2 * cpu_gram(x)
     scale = np.sqrt(np.outer(np.diag(want), np.diag(want))) + 1e-30
@@ -109,6 +110,27 @@ def test_gram_of_features_wider_than_one_launch():
     cuda_kernels.gram_accumulate(x, gram)
     want = x.double() @ x.double().T
     assert torch.max(torch.abs(gram - want) / want.diagonal().max()) < 1e-5
+
+
+@gpu
+def test_gram_of_float64_features_is_exact_and_the_gram_is_checked():
+    x = torch.randn(7, 500, device="cuda", dtype=torch.float64)
+    gram = torch.zeros(7, 7, dtype=torch.float64, device="cuda")
+    cuda_kernels.gram_accumulate(x, gram)
+    assert torch.allclose(gram, x @ x.T, rtol=1e-14, atol=0)
+    with pytest.raises(OmpqValueError, match="7 x 7 float64"):
+        cuda_kernels.gram_accumulate(x.float(), torch.zeros(7, 7, device="cuda"))
+
+
+@gpu
+def test_fake_quant_of_an_empty_cuda_tensor():
+    from ompq_ext.quant.ops import fake_quantize
+
+    x = torch.empty(0, 8, device="cuda", requires_grad=True)
+    scale = torch.full((8,), 0.1, device="cuda", requires_grad=True)
+    y = fake_quantize(x, scale, bits=4, axis=1)
+    y.sum().backward()
+    assert y.shape == (0, 8) and torch.equal(scale.grad, torch.zeros(8, device="cuda"))
 
 
 @gpu

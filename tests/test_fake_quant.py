@@ -28,7 +28,7 @@ BITS = [2, 3, 4, 5, 6, 7, 8, 16]
 MODES = ["symmetric", "unsigned", "signed-offset"]  # z = 0 signed / z in [0, 2^b-1] unsigned / z != 0 signed
 U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53
-KBLOCK = 8192  # the driver sums at most this many elements of a row in float32 (cpp/src/fake_quant.cpp)
+KBLOCK = 8192  # elements per block of the driver, the unit of its LSQ partial sums (cpp/src/fake_quant.cpp)
 
 HYP = settings(deadline=None, max_examples=120, suppress_health_check=[HealthCheck.too_slow])
 
@@ -429,6 +429,32 @@ def test_lsq_scale_gradient_is_the_true_derivative_where_clipped():
         fdz = (core.fake_quant_forward(x, scale, zpl, 0, qmin, qmax).astype(np.float64)
                - core.fake_quant_forward(x, scale, zmi, 0, qmin, qmax)) / 2
         assert gz[c] == pytest.approx(np.sum(g64[c] * fdz[c]), rel=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_lsq_sums_are_float64_sums_of_the_float32_terms(isa):
+    """Every term gy·d is formed in float32 and summed in float64, so the scale and zero-point
+    gradients are the float64 sums of those terms, rounded once to float32. (A float32 running sum
+    over an 8192-element block was off by ~1e-6 of the terms' absolute sum: a CUDA kernel summing
+    in another order could not be compared with it.)"""
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal((6, 30000)) * 2).astype(np.float32)
+    gy = rng.standard_normal((6, 30000)).astype(np.float32)
+    scale = rng.uniform(0.02, 0.12, 6).astype(np.float32)
+    zp = np.full(6, 3.0, np.float32)
+    qmin, qmax = 0, 15
+    _, gs, gz = core.fake_quant_backward(x, gy, scale, zp, 0, qmin, qmax, 1.0, True, True, isa=isa)
+    inv = (np.float32(1) / scale)[:, None]
+    xs = x * inv
+    r = np.rint(xs)
+    q = r + zp[:, None]
+    inside = (q >= qmin) & (q <= qmax)
+    d = np.where(inside, r - xs, np.where(q < qmin, qmin - zp[:, None], qmax - zp[:, None])).astype(np.float32)
+    terms = (gy * d).astype(np.float64)  # the float32 product, exactly
+    outside = np.where(inside, 0.0, gy.astype(np.float64))
+    np.testing.assert_allclose(gs, terms.sum(axis=1), rtol=1.2e-7, atol=1e-10 * np.abs(terms).sum())
+    np.testing.assert_allclose(gz, -scale.astype(np.float64) * outside.sum(axis=1), rtol=1.2e-7,
+                               atol=1e-10 * np.abs(outside).sum())
 
 
 def test_backward_threads_and_isas_give_identical_bits():

@@ -364,7 +364,7 @@ PYBIND11_MODULE(_core, m) {
        "orm (layers x layers float64, device) = linear CKA of the (layers, n, n) float64 device Grams, enqueued "
        "on `stream`; NaN rows mark layers whose centred Gram is zero.");
     auto cuda_layout = [](std::int64_t outer, std::int64_t channels, std::int64_t inner) {
-        if (outer < 1 || channels < 1 || inner < 0) fail("need outer >= 1, channels >= 1 and inner >= 0");
+        if (outer < 0 || channels < 1 || inner < 0) fail("need outer >= 0, channels >= 1 and inner >= 0");
         return ompq::QuantLayout{static_cast<std::size_t>(outer), static_cast<std::size_t>(channels),
                                  static_cast<std::size_t>(inner)};
     };
@@ -403,7 +403,7 @@ PYBIND11_MODULE(_core, m) {
             fail("x, grad, grad_x, scale and zero_point must be device pointers");
         const bool sums = grad_scale != 0 || grad_zero != 0;
         const auto need = ompq::cuda::fake_quant_backward_workspace_bytes(layout);
-        if (sums && (workspace == 0 || workspace_bytes < 0 || static_cast<std::size_t>(workspace_bytes) < need))
+        if (sums && need > 0 && (workspace == 0 || workspace_bytes < 0 || static_cast<std::size_t>(workspace_bytes) < need))
             fail("workspace_bytes is " + std::to_string(workspace_bytes) + ", needs " + std::to_string(need));
         try {
             py::gil_scoped_release release;

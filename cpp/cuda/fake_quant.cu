@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -69,7 +70,7 @@ __global__ void backward_kernel(const float* __restrict__ x, const float* __rest
     const float below = qmin - z, above = qmax - z;
     const long long begin = row * inner + seg * static_cast<long long>(kQuantSegment);
     const long long len = min(static_cast<long long>(kQuantSegment), inner - seg * static_cast<long long>(kQuantSegment));
-    float acc_scale = 0.0f, acc_out = 0.0f;
+    double acc_scale = 0.0, acc_out = 0.0;  // float32 terms summed in float64, as on the CPU
     for (long long k = threadIdx.x; k < len; k += blockDim.x) {
         const long long i = begin + k;
         const float xs = x[i] * inv;
@@ -78,8 +79,8 @@ __global__ void backward_kernel(const float* __restrict__ x, const float* __rest
         const bool inside = q >= qmin && q <= qmax;
         gx[i] = inside ? gy[i] : 0.0f;
         const float d = inside ? r - xs : (q < qmin ? below : above);
-        acc_scale += gy[i] * d;
-        acc_out += inside ? 0.0f : gy[i];
+        acc_scale += static_cast<double>(gy[i] * d);
+        acc_out += inside ? 0.0 : static_cast<double>(gy[i]);
     }
     __shared__ double sh_scale[kThreads], sh_out[kThreads];
     sh_scale[threadIdx.x] = acc_scale;
@@ -120,9 +121,12 @@ void check(cudaError_t status, const char* what) {
         throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(status));
 }
 
+// The CPU core's checks that need no device values (those would synchronise).
 void check_layout(const QuantLayout& layout, QuantRange range) {
-    if (layout.channels == 0 || layout.outer == 0) throw std::invalid_argument("empty layout");
-    if (range.qmin > range.qmax) throw std::invalid_argument("qmin > qmax");
+    if (layout.channels == 0) throw std::invalid_argument("fake_quant: the layout has no channels");
+    if (range.qmin > range.qmax) throw std::invalid_argument("fake_quant: qmin > qmax");
+    if (range.qmin < -(1L << 16) || range.qmax > (1L << 16))
+        throw std::invalid_argument("fake_quant: the integer range must lie within +-65536 (at most 16 bits)");
 }
 
 // Runs launch(size, channels, inner, blocks, stream) with 32-bit indices when the tensor has fewer
@@ -165,10 +169,17 @@ void fake_quant_backward(const float* x, const float* gy, float* gx, float* gsca
                          const QuantLayout& layout, const float* scale, const float* zero_point, QuantRange range,
                          float grad_factor, void* workspace, std::size_t workspace_bytes, void* stream) {
     check_layout(layout, range);
-    if (layout.size() == 0) return;
+    if (!std::isfinite(grad_factor)) throw std::invalid_argument("fake_quant_backward: grad_factor must be finite");
     const bool want_sums = gscale != nullptr || gzero != nullptr;
     if (want_sums && workspace_bytes < fake_quant_backward_workspace_bytes(layout))
         throw std::invalid_argument("workspace too small");
+    auto s = static_cast<cudaStream_t>(stream);
+    if (layout.size() == 0) {  // no elements: the sums are zero
+        const std::size_t bytes = layout.channels * sizeof(float);
+        if (gscale) check(cudaMemsetAsync(gscale, 0, bytes, s), "fake_quant backward memset");
+        if (gzero) check(cudaMemsetAsync(gzero, 0, bytes, s), "fake_quant backward memset");
+        return;
+    }
     const auto qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
     if (!want_sums) {
         launch_elementwise(layout, stream, "fake_quant backward launch", [&](auto size, auto channels, auto inner,
@@ -181,7 +192,6 @@ void fake_quant_backward(const float* x, const float* gy, float* gx, float* gsca
     const long long segments = segments_of(layout);
     const long long blocks = static_cast<long long>(layout.outer * layout.channels) * segments;
     if (blocks > 2147483647LL) throw std::invalid_argument("tensor too large for one call");
-    auto s = static_cast<cudaStream_t>(stream);
     auto* partial = static_cast<double*>(workspace);
     backward_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
         x, gy, gx, static_cast<long long>(layout.channels), static_cast<long long>(layout.inner), segments, scale,

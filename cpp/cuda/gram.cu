@@ -15,6 +15,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -129,7 +130,7 @@ __global__ void __launch_bounds__(kTcThreads) gram_tiles_tensor_cores(const T* _
     float* out = partial + (static_cast<long long>(blockIdx.y) * gridDim.x + blockIdx.x) * kTile * kTile;
     wmma::store_matrix_sync(out + wr * 16 * kTile + wc * 16, acc, kTile, wmma::mem_row_major);
 #else
-    __trap();  // the host launches this only on sm_80+; reaching it means the build lacks sm_80+ code
+    __trap();  // never launched: the host checks tensor_cores_usable() first
 #endif
 }
 
@@ -153,11 +154,17 @@ void check(cudaError_t status, const char* what) {
         throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(status));
 }
 
-bool device_has_tensor_cores_for_16bit() {
+// Whether the current device runs the tensor-core kernel: compute capability 8.0+ (bfloat16 WMMA
+// starts there), and the code loaded for it was compiled for 8.0+ (a build for older GPUs only
+// would JIT PTX whose kernel body is the __trap()).
+bool tensor_cores_usable() {
     int device = 0, major = 0;
     check(cudaGetDevice(&device), "cudaGetDevice");
     check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    return major >= 8;  // bfloat16 WMMA starts with sm_80
+    if (major < 8) return false;
+    cudaFuncAttributes attributes{};
+    check(cudaFuncGetAttributes(&attributes, gram_tiles_tensor_cores<__half>), "cudaFuncGetAttributes");
+    return attributes.ptxVersion >= 80;
 }
 
 template <typename T>
@@ -200,20 +207,25 @@ void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, s
     if (dtype != DType::f32 && dtype != DType::f16 && dtype != DType::bf16)
         throw std::invalid_argument("CUDA gram_accumulate takes float32, float16 or bfloat16 features");
     if (row_stride < d) throw std::invalid_argument("row_stride must be >= d");
-    if (n > 65535u * kTile) throw std::invalid_argument("n too large: at most 2,097,120 samples");
+    const std::size_t tile_count = (n + kTile - 1) / kTile;
+    if (tile_count * (tile_count + 1) / 2 > 2147483647u)  // tile pairs are a grid dimension
+        throw std::invalid_argument("n too large: at most 2,097,120 samples");
     if (workspace_bytes < gram_workspace_bytes(n, d)) throw std::invalid_argument("workspace too small");
+    if (reinterpret_cast<std::uintptr_t>(workspace) % 32 != 0)
+        throw std::invalid_argument("the workspace must be 32-byte aligned");
     bool tensor_cores = false;
     if (kernel == GramKernel::tensor_cores) {
         if (dtype == DType::f32)
             throw std::invalid_argument("the tensor-core Gram takes float16 or bfloat16 features, not float32");
-        if (!device_has_tensor_cores_for_16bit())
-            throw std::invalid_argument("the tensor-core Gram needs a GPU of compute capability 8.0 or newer");
+        if (!tensor_cores_usable())
+            throw std::invalid_argument("the tensor-core Gram needs a GPU of compute capability 8.0 or newer "
+                                        "and a build for it (CMAKE_CUDA_ARCHITECTURES 80 or newer)");
         tensor_cores = true;
     } else if (kernel == GramKernel::automatic) {
-        tensor_cores = dtype != DType::f32 && device_has_tensor_cores_for_16bit();
+        tensor_cores = dtype != DType::f32 && tensor_cores_usable();
     }
-    const int tiles = static_cast<int>((n + kTile - 1) / kTile);
-    const int pairs = tiles * (tiles + 1) / 2;
+    const auto tiles = static_cast<int>(tile_count);
+    const auto pairs = static_cast<int>(tile_count * (tile_count + 1) / 2);
     const auto ni = static_cast<int>(n);
     const auto sl = static_cast<long long>(row_stride);
     auto s = static_cast<cudaStream_t>(stream);

@@ -19,7 +19,7 @@
 namespace ompq {
 namespace {
 
-constexpr std::size_t kBlock = 8192;  // float32 partial sums never run longer than this
+constexpr std::size_t kBlock = 8192;  // elements per block: the unit of parallel work and of the LSQ partial sums
 
 detail::FakeQuantKernels pick(Isa isa) {
 #if defined(OMPQ_HAVE_X86_KERNELS)

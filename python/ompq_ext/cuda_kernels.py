@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import _core
+from .errors import OmpqValueError
 
 DTYPE_TAGS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 GRAM_KERNELS = ("auto", "cuda_cores", "tensor_cores")
@@ -36,16 +37,27 @@ def _workspace(nbytes: int, like: Tensor) -> Tensor:
 
 
 def gram_accumulate(flat: Tensor, gram: Tensor, kernel: str = "auto") -> None:
-    """gram (N x N float64 on flat's device) += flat flatᵀ. ``kernel``: "auto" (tensor cores for
-    float16 / bfloat16 on sm_80+), "cuda_cores" or "tensor_cores"."""
+    """gram (N x N float64 on flat's device) += flat flatᵀ for N x d features. ``kernel``: "auto"
+    (tensor cores for float16 / bfloat16 on sm_80+), "cuda_cores" or "tensor_cores". float64
+    features go to torch's float64 matmul, which keeps them exact."""
+    n, d = flat.shape
+    if (gram.dtype != torch.float64 or gram.shape != (n, n) or gram.device != flat.device
+            or not gram.is_contiguous()):
+        raise OmpqValueError(f"gram must be a contiguous {n} x {n} float64 tensor on {flat.device}, got "
+                             f"{tuple(gram.shape)} {gram.dtype} on {gram.device}")
+    if n == 0 or d == 0:
+        return
+    if flat.dtype == torch.float64:
+        gram.addmm_(flat, flat.T)
+        return
     if flat.dtype not in DTYPE_TAGS:
         flat = flat.float()
     if flat.stride(-1) != 1:
         flat = flat.contiguous()
-    n, d = flat.shape
+    row_stride = flat.stride(0) if n > 1 else d  # one row: its stride is arbitrary
     with torch.cuda.device(flat.device):
         workspace = _workspace(_core.gram_workspace_bytes(n, d), flat)
-        _core.gram_accumulate_cuda(flat.data_ptr(), DTYPE_TAGS[flat.dtype], n, d, flat.stride(0), gram.data_ptr(),
+        _core.gram_accumulate_cuda(flat.data_ptr(), DTYPE_TAGS[flat.dtype], n, d, row_stride, gram.data_ptr(),
                                    workspace.data_ptr(), workspace.numel(), _stream(flat), kernel)
 
 
@@ -65,6 +77,8 @@ def orm_matrix(grams: Tensor, estimator: str) -> np.ndarray:
 def fake_quant_forward(x: Tensor, scale: Tensor, zero_point: Tensor, layout: tuple[int, int, int], qmin: int,
                        qmax: int) -> Tensor:
     """The fake-quant forward of contiguous float32 device tensors; layout = (outer, channels, inner)."""
+    if x.numel() == 0:
+        return torch.empty_like(x)
     with torch.cuda.device(x.device):
         out = torch.empty_like(x)
         _core.fake_quant_forward_cuda(x.data_ptr(), out.data_ptr(), *layout, scale.data_ptr(), zero_point.data_ptr(),
@@ -77,6 +91,8 @@ def fake_quant_backward(grad: Tensor, x: Tensor, scale: Tensor, zero_point: Tens
                         zero_point_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_x, grad_scale, grad_zero_point) of contiguous float32 device tensors; the gradients not
     asked for are zeros. Without them the backward is one elementwise pass."""
+    if x.numel() == 0:  # no elements: every gradient is zero (an empty tensor has no data pointer)
+        return torch.empty_like(x), torch.zeros_like(scale), torch.zeros_like(zero_point)
     sums = scale_grad or zero_point_grad
     with torch.cuda.device(x.device):
         gx = torch.empty_like(x)

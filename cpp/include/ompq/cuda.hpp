@@ -2,7 +2,8 @@
 //
 // Plain C++ interface: device pointers and a cudaStream_t passed as void*, no torch. Every call
 // only enqueues work on the given stream (no host synchronisation); launch errors throw
-// std::runtime_error. The caller owns every buffer, including the workspace.
+// std::runtime_error. The caller owns every buffer, including the workspace, which must be 32-byte
+// aligned (cudaMalloc's and torch's allocations are).
 #pragma once
 
 #include <cstddef>
@@ -52,12 +53,13 @@ void orm_matrix(const double* grams, std::size_t num_layers, std::size_t n, Esti
 namespace ompq::cuda {
 
 // The CPU core's fake_quant_forward on device buffers (float32, layout [outer][channels][inner]),
-// bit for bit the same values; the scales are not checked on the device (that would synchronise):
-// give positive finite scales.
+// bit for bit the same values; y must not alias x. The scales and zero points are not checked
+// (reading them would synchronise): give positive finite scales and zero points on the grid.
 void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, const float* scale,
                         const float* zero_point, QuantRange range, void* stream);
 
-// Device workspace fake_quant_backward needs for this layout (0 when no scale/zero-point gradient is wanted).
+// Device workspace fake_quant_backward needs for this layout when a scale or zero-point gradient is
+// wanted (none otherwise).
 std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& layout);
 
 // The CPU core's fake_quant_backward on device buffers: gx in one elementwise pass; the LSQ sums
