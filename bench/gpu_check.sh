@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check of issue 5, for a machine with an NVIDIA GPU and the CUDA toolkit: build the
 # project with its CUDA kernels, run the GPU tests and the GPU benchmarks, print a short table.
-# Wheels that the machine lacks (OR-Tools, ...) may be put in .whl/ beforehand; they are installed
-# into /tmp/site. Meant to finish well inside 8 minutes.
+# Wheels that the machine lacks (OR-Tools, ...) go in .whl/ beforehand (bench/device_wheels.sh);
+# they are installed into /tmp/site. Meant to finish well inside 8 minutes. Where $OUT is set (the
+# device tool's folder that comes back), the test log and the table are also written there.
 #
 #     bash bench/gpu_check.sh
 set -euo pipefail
@@ -18,8 +19,11 @@ python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/ompq -C c
 export PYTHONPATH=/tmp/ompq${PYTHONPATH:+:$PYTHONPATH}
 echo "build: $(( $(date +%s) - start )) s"
 python3 -c "from ompq_ext import _core; assert _core.cuda_built and _core.cuda_device_available(), 'CUDA kernels not usable'; print('ompq_ext CUDA kernels: built and a device is visible')"
+out=${OUT:-/tmp/gpu_check}
+mkdir -p "$out"
 # The tests import the installed package, not the source tree.
-(cd /tmp && python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_cuda.py" -rs) || status=$?
-python3 bench/report_gpu.py --repeats 20
+(cd /tmp && python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_cuda.py" -rs 2>&1 | tee "$out/tests.log"; exit "${PIPESTATUS[0]}") || status=$?
+echo "tests: $(( $(date +%s) - start )) s"
+python3 bench/report_gpu.py --repeats 20 | tee "$out/report_gpu.md"
 echo "total: $(( $(date +%s) - start )) s"
 exit ${status:-0}
