@@ -46,8 +46,8 @@ SMALL = {
     "activation 8×16×8×8, per-tensor, 8-bit asym.": ((8, 16, 8, 8), None, 8, False),
     "conv weight 64×64×3×3, per-channel axis 0, 4-bit sym.": ((64, 64, 3, 3), 0, 4, True),
 }
-# Per-channel along the last axis: fake_quantize moves short channel runs to the front (two extra
-# copies); "core" is the bare binding along the last axis, the kernels' slow path (one block per element).
+# Per-channel along the last axis: the kernels' column path (tiles of rows x columns); "core" is the
+# bare binding along the last axis.
 LAST_AXIS = {"activation 16384×256, per-channel axis -1 (last), 8-bit sym.": ((16384, 256), -1, 8, True)}
 MODES = ("fwd", "fwd+bwd", "LSQ")
 
@@ -182,8 +182,8 @@ def main(argv=None):
     print("\nSmall tensors (per-call overhead):\n")
     print(HEADER)
     small_rows = table(SMALL, args, small=True)
-    print("\nPer-channel along the last axis (fake_quantize moves the channels to the front; "
-          "'fwd core' is the binding along the last axis, the kernels' slow path):\n")
+    print("\nPer-channel along the last axis (the kernels' column path; 'fwd core' is the binding along the "
+          "last axis):\n")
     print(HEADER)
     table(LAST_AXIS, args)
     for label, rs in (("big", rows), ("small", small_rows)):

@@ -66,6 +66,75 @@ std::vector<Block> blocks_of(const QuantLayout& layout) {
     return blocks;
 }
 
+// Channels last (each channel's run shorter than kShortRun elements): the blocks above would be one
+// per run. Instead the tensor is read as rows of `width` columns, width a whole number of periods
+// P = channels * inner, so column j always has channel (j % P) / inner and its own scale, reciprocal
+// and zero point. Tiles of rows x columns are the unit of parallel work and of the LSQ partial sums
+// (one per column per tile, added in tile order: the same for any thread count).
+constexpr std::size_t kShortRun = 64;
+constexpr std::size_t kRowWidth = 1024;      // short periods are repeated up to this width
+constexpr std::size_t kTileColumns = 4096;   // wider rows are split into column chunks
+constexpr std::size_t kTileElements = 32768;
+constexpr std::size_t kMinTileRows = 16;     // bounds the partial sums to 1 byte per element
+
+bool short_runs(const QuantLayout& layout) { return layout.inner < kShortRun && layout.channels > 1; }
+
+struct Columns {
+    std::size_t period, inner, width, rows, size;
+    std::vector<float> s, inv, z;  // per column
+    std::size_t channel(std::size_t j) const { return (j % period) / inner; }
+};
+
+Columns columns_of(const QuantLayout& layout, const float* scale, const float* zero_point) {
+    Columns c;
+    c.period = layout.channels * layout.inner;
+    c.inner = layout.inner;
+    c.width = c.period <= kRowWidth ? c.period * (kRowWidth / c.period) : c.period;
+    c.size = layout.size();
+    c.rows = (c.size + c.width - 1) / c.width;
+    c.s.resize(c.width);
+    c.inv.resize(c.width);
+    c.z.resize(c.width);
+    for (std::size_t j = 0; j < c.width; ++j) {
+        const std::size_t ch = c.channel(j);
+        c.s[j] = scale[ch];
+        c.inv[j] = 1.0f / scale[ch];  // what forward_row computes
+        c.z[j] = zero_point[ch];
+    }
+    return c;
+}
+
+struct Tile {
+    std::size_t row0, rows, col0, cols;
+};
+
+std::vector<Tile> tiles_of(const Columns& c) {
+    const std::size_t cols = std::min(c.width, kTileColumns);
+    const std::size_t rows = std::max(kMinTileRows, (kTileElements + cols - 1) / cols);
+    std::vector<Tile> tiles;
+    for (std::size_t r = 0; r < c.rows; r += rows)
+        for (std::size_t j = 0; j < c.width; j += cols)
+            tiles.push_back({r, std::min(rows, c.rows - r), j, std::min(cols, c.width - j)});
+    return tiles;
+}
+
+// span(tile, offset, len, first column) for each row of each tile (the tensor's last row may be
+// short), tiles in parallel.
+template <typename Span>
+void for_each_span(const Columns& c, const std::vector<Tile>& tiles, int threads, Span span) {
+    const long count = static_cast<long>(tiles.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (long t = 0; t < count; ++t) {
+        const Tile& tile = tiles[t];
+        for (std::size_t r = tile.row0; r < tile.row0 + tile.rows; ++r) {
+            const std::size_t row_len = std::min(c.width, c.size - r * c.width);
+            if (row_len > tile.col0)
+                span(static_cast<std::size_t>(t), r * c.width + tile.col0, std::min(tile.cols, row_len - tile.col0),
+                     tile.col0);
+        }
+    }
+}
+
 int thread_count(int requested, std::size_t elements, std::size_t work_items) {
     int threads = 1;
 #ifdef _OPENMP
@@ -81,6 +150,39 @@ int thread_count(int requested, std::size_t elements, std::size_t work_items) {
     return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), std::max<std::size_t>(work_items, 1)));
 }
 
+void write_lsq_gradients(const std::vector<double>& per_scale, const std::vector<double>& per_outside,
+                         const float* scale, float grad_factor, float* gscale, float* gzero) {
+    for (std::size_t c = 0; c < per_scale.size(); ++c) {
+        if (gscale) gscale[c] = static_cast<float>(grad_factor * per_scale[c]);
+        if (gzero) gzero[c] = static_cast<float>(-grad_factor * static_cast<double>(scale[c]) * per_outside[c]);
+    }
+}
+
+void backward_short_runs(const float* x, const float* gy, float* gx, float* gscale, float* gzero,
+                         const QuantLayout& layout, const float* scale, const float* zero_point, float qmin,
+                         float qmax, float grad_factor, const detail::FakeQuantKernels& kernels, int num_threads) {
+    const Columns c = columns_of(layout, scale, zero_point);
+    const std::vector<Tile> tiles = tiles_of(c);
+    const bool sums = gscale != nullptr || gzero != nullptr;
+    const std::size_t stride = std::min(c.width, kTileColumns);  // partial sums per tile
+    std::vector<double> part_scale(sums ? tiles.size() * stride : 0, 0.0), part_outside(part_scale.size(), 0.0);
+    for_each_span(c, tiles, thread_count(num_threads, c.size, tiles.size()),
+                  [&](std::size_t t, std::size_t offset, std::size_t len, std::size_t col) {
+                      kernels.backward_cols(x + offset, gy + offset, gx + offset, len, &c.inv[col], &c.z[col], qmin,
+                                            qmax, sums, sums ? &part_scale[t * stride] : nullptr,
+                                            sums ? &part_outside[t * stride] : nullptr);
+                  });
+    if (!sums) return;
+    std::vector<double> per_scale(layout.channels, 0.0), per_outside(layout.channels, 0.0);
+    for (std::size_t t = 0; t < tiles.size(); ++t)  // tile order, then column order
+        for (std::size_t k = 0; k < tiles[t].cols; ++k) {
+            const std::size_t ch = c.channel(tiles[t].col0 + k);
+            per_scale[ch] += part_scale[t * stride + k];
+            per_outside[ch] += part_outside[t * stride + k];
+        }
+    write_lsq_gradients(per_scale, per_outside, scale, grad_factor, gscale, gzero);
+}
+
 }  // namespace
 
 void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, const float* scale,
@@ -89,9 +191,19 @@ void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, con
         throw std::invalid_argument("fake_quant_forward: null pointer");
     check(layout, scale, zero_point, range);
     const auto kernels = pick(options.isa);
+    const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
+    if (short_runs(layout) && layout.size() > 0) {
+        const Columns c = columns_of(layout, scale, zero_point);
+        const std::vector<Tile> tiles = tiles_of(c);
+        for_each_span(c, tiles, thread_count(options.num_threads, c.size, tiles.size()),
+                      [&](std::size_t, std::size_t offset, std::size_t len, std::size_t col) {
+                          kernels.forward_cols(x + offset, y + offset, len, &c.s[col], &c.inv[col], &c.z[col], qmin,
+                                               qmax);
+                      });
+        return;
+    }
     const std::vector<Block> blocks = blocks_of(layout);
     const long count = static_cast<long>(blocks.size());
-    const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
 #pragma omp parallel for schedule(dynamic, 4) num_threads(thread_count(options.num_threads, layout.size(), blocks.size()))
     for (long i = 0; i < count; ++i) {
         const Block& b = blocks[i];
@@ -108,11 +220,16 @@ void fake_quant_backward(const float* x, const float* gy, float* gx, float* gsca
     if (!std::isfinite(grad_factor)) throw std::invalid_argument("fake_quant_backward: grad_factor must be finite");
     check(layout, scale, zero_point, range);
     const auto kernels = pick(options.isa);
+    const bool want_scale = gscale != nullptr, want_zero = gzero != nullptr;
+    const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
+    if (short_runs(layout) && layout.size() > 0) {
+        backward_short_runs(x, gy, gx, gscale, gzero, layout, scale, zero_point, qmin, qmax, grad_factor, kernels,
+                            options.num_threads);
+        return;
+    }
     const std::vector<Block> blocks = blocks_of(layout);
     const long count = static_cast<long>(blocks.size());
-    const bool want_scale = gscale != nullptr, want_zero = gzero != nullptr;
     std::vector<double> sum_scale(blocks.size(), 0.0), sum_outside(blocks.size(), 0.0);
-    const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
 #pragma omp parallel for schedule(dynamic, 4) num_threads(thread_count(options.num_threads, layout.size(), blocks.size()))
     for (long i = 0; i < count; ++i) {
         const Block& b = blocks[i];
@@ -127,10 +244,7 @@ void fake_quant_backward(const float* x, const float* gy, float* gx, float* gsca
         per_scale[c] += sum_scale[i];
         per_outside[c] += sum_outside[i];
     }
-    for (std::size_t c = 0; c < layout.channels; ++c) {
-        if (want_scale) gscale[c] = static_cast<float>(grad_factor * per_scale[c]);
-        if (want_zero) gzero[c] = static_cast<float>(-grad_factor * static_cast<double>(scale[c]) * per_outside[c]);
-    }
+    write_lsq_gradients(per_scale, per_outside, scale, grad_factor, gscale, gzero);
 }
 
 }  // namespace ompq

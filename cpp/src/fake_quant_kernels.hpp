@@ -10,6 +10,11 @@ struct FakeQuantKernels {
     void (*backward_row)(const float* x, const float* gy, float* gx, std::size_t len, float s, float z,
                          float qmin, float qmax, bool want_scale, bool want_zero, double* sum_scale,
                          double* sum_outside);
+    void (*forward_cols)(const float* x, float* y, std::size_t len, const float* s, const float* inv, const float* z,
+                         float qmin, float qmax);
+    void (*backward_cols)(const float* x, const float* gy, float* gx, std::size_t len, const float* inv,
+                          const float* z, float qmin, float qmax, bool want_sums, double* acc_scale,
+                          double* acc_outside);
 };
 
 namespace generic { FakeQuantKernels kernels(); }
