@@ -238,7 +238,9 @@ def test_fake_quant_forward_equals_torch_on_cuda_bit_for_bit(bits, signed, shape
 
 
 @gpu
-@pytest.mark.parametrize("shape, axis", [((64, 3, 3, 3), 0), ((16, 30000), 0), ((4, 64, 56, 56), None)])
+@pytest.mark.parametrize("shape, axis", [((64, 3, 3, 3), 0), ((16, 30000), 0), ((4, 64, 56, 56), None),
+                                         # channels last: the column view (short last row, wide periods)
+                                         ((40000, 3), -1), ((5, 7, 11), 2), ((2, 300, 9), 1), ((3, 5000), -1)])
 def test_fake_quant_gradients_on_cuda_match_the_cpu_core(shape, axis):
     from ompq_ext.quant.ops import fake_quantize
 
@@ -302,3 +304,5 @@ def test_fake_quant_bindings_check_arguments_before_any_kernel():
         _core.fake_quant_backward_cuda(1, 1, 1, 1, 0, 1, 4, 10000, 1, 1, -8, 7, 1.0, 1, 8, 0)
     # 4 channels x 2 segments of 8192 elements, two float64 sums each
     assert _core.fake_quant_backward_workspace_bytes(1, 4, 10000) == 4 * 2 * 2 * 8
+    # channels last, 40000 x 3: rows of 1023 columns (341 periods), 118 rows in 2 tiles of 64 rows
+    assert _core.fake_quant_backward_workspace_bytes(40000, 3, 1) == 2 * 1023 * 2 * 8

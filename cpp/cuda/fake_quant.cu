@@ -8,6 +8,7 @@
 #include <string>
 
 #include "ompq/cuda.hpp"
+#include "../src/fake_quant_columns.hpp"
 
 namespace ompq::cuda {
 namespace {
@@ -116,6 +117,83 @@ __global__ void channel_sums(const double* __restrict__ partial, long long outer
     if (gzero) gzero[c] = static_cast<float>(-grad_factor * static_cast<double>(scale[c]) * sum_out);
 }
 
+// Channels last with LSQ sums (fake_quant_columns.hpp): one thread per column of the column view
+// takes a tile of rows in float64 (consecutive threads read consecutive elements), one partial
+// per (row tile, column); then each column adds its row tiles in order, then each channel its
+// columns in order.
+__global__ void column_partials(const float* __restrict__ x, const float* __restrict__ gy, float* __restrict__ gx,
+                                long long size, long long width, long long period, long long inner, long long rows,
+                                long long tile_rows, const float* __restrict__ scale, const float* __restrict__ zero,
+                                float qmin, float qmax, double* __restrict__ partial) {
+    const long long j = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+    if (j >= width) return;
+    const long long c = (j % period) / inner;
+    const float s = scale[c], z = zero[c];
+    const float inv = 1.0f / s;
+    const float below = qmin - z, above = qmax - z;
+    const long long r0 = blockIdx.y * tile_rows;
+    const long long r1 = min(r0 + tile_rows, rows);
+    double acc_scale = 0.0, acc_out = 0.0;
+    for (long long r = r0; r < r1; ++r) {
+        const long long i = r * width + j;
+        if (i >= size) break;  // the last row may be short
+        const float xs = x[i] * inv;
+        const float rx = rintf(xs);
+        const float q = rx + z;
+        const bool inside = q >= qmin && q <= qmax;
+        gx[i] = inside ? gy[i] : 0.0f;
+        const float d = inside ? rx - xs : (q < qmin ? below : above);
+        acc_scale += static_cast<double>(gy[i] * d);
+        acc_out += inside ? 0.0 : static_cast<double>(gy[i]);
+    }
+    double* out = partial + 2 * (static_cast<long long>(blockIdx.y) * width + j);
+    out[0] = acc_scale;
+    out[1] = acc_out;
+}
+
+// Column j's row tiles, in order, into the first tile's slot.
+__global__ void column_totals(double* __restrict__ partial, long long width, long long tiles) {
+    const long long j = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+    if (j >= width) return;
+    double a = 0.0, b = 0.0;
+    for (long long t = 0; t < tiles; ++t) {
+        a += partial[2 * (t * width + j)];
+        b += partial[2 * (t * width + j) + 1];
+    }
+    partial[2 * j] = a;
+    partial[2 * j + 1] = b;
+}
+
+// One thread per channel: its columns (period by period, then along its run), in order.
+__global__ void channel_sums_of_columns(const double* __restrict__ partial, long long width, long long period,
+                                        long long inner, long long channels, const float* __restrict__ scale,
+                                        float grad_factor, float* __restrict__ gscale, float* __restrict__ gzero) {
+    const long long c = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+    if (c >= channels) return;
+    double sum_scale = 0.0, sum_out = 0.0;
+    for (long long m = 0; m < width; m += period)
+        for (long long k = 0; k < inner; ++k) {
+            const long long j = m + c * inner + k;
+            sum_scale += partial[2 * j];
+            sum_out += partial[2 * j + 1];
+        }
+    if (gscale) gscale[c] = static_cast<float>(grad_factor * sum_scale);
+    if (gzero) gzero[c] = static_cast<float>(-grad_factor * static_cast<double>(scale[c]) * sum_out);
+}
+
+// The column view's sizes: width, rows, rows per tile (tiles are a grid dimension: at most 65535).
+struct ColumnGrid {
+    long long period, width, rows, tile_rows, tiles;
+    explicit ColumnGrid(const QuantLayout& layout) {
+        period = static_cast<long long>(layout.channels * layout.inner);
+        width = static_cast<long long>(detail::column_width(static_cast<std::size_t>(period)));
+        const auto size = static_cast<long long>(layout.size());
+        rows = (size + width - 1) / width;
+        tile_rows = std::max(64LL, (rows + 65534) / 65535);
+        tiles = (rows + tile_rows - 1) / tile_rows;
+    }
+};
+
 void check(cudaError_t status, const char* what) {
     if (status != cudaSuccess)
         throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(status));
@@ -149,6 +227,23 @@ long long segments_of(const QuantLayout& layout) {
     return layout.inner == 0 ? 0 : static_cast<long long>((layout.inner + kQuantSegment - 1) / kQuantSegment);
 }
 
+void column_backward(const float* x, const float* gy, float* gx, float* gscale, float* gzero, const QuantLayout& layout,
+                     const float* scale, const float* zero_point, float qmin, float qmax, float grad_factor,
+                     double* partial, cudaStream_t s) {
+    const ColumnGrid g(layout);
+    const auto column_blocks = static_cast<unsigned>((g.width + kThreads - 1) / kThreads);
+    column_partials<<<dim3(column_blocks, static_cast<unsigned>(g.tiles)), kThreads, 0, s>>>(
+        x, gy, gx, static_cast<long long>(layout.size()), g.width, g.period, static_cast<long long>(layout.inner),
+        g.rows, g.tile_rows, scale, zero_point, qmin, qmax, partial);
+    check(cudaGetLastError(), "fake_quant column backward launch");
+    column_totals<<<column_blocks, kThreads, 0, s>>>(partial, g.width, g.tiles);
+    check(cudaGetLastError(), "fake_quant column totals launch");
+    const auto channels = static_cast<long long>(layout.channels);
+    channel_sums_of_columns<<<static_cast<unsigned>((channels + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+        partial, g.width, g.period, static_cast<long long>(layout.inner), channels, scale, grad_factor, gscale, gzero);
+    check(cudaGetLastError(), "fake_quant column channel sums launch");
+}
+
 }  // namespace
 
 void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, const float* scale,
@@ -162,6 +257,10 @@ void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, con
 }
 
 std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& layout) {
+    if (detail::short_runs(layout) && layout.size() > 0) {
+        const ColumnGrid g(layout);
+        return static_cast<std::size_t>(g.tiles * g.width) * 2 * sizeof(double);
+    }
     return static_cast<std::size_t>(layout.outer * layout.channels * segments_of(layout)) * 2 * sizeof(double);
 }
 
@@ -187,6 +286,11 @@ void fake_quant_backward(const float* x, const float* gy, float* gx, float* gsca
             backward_mask_kernel<<<blocks, kThreads, 0, s>>>(x, gy, gx, size, channels, inner, scale, zero_point,
                                                              qmin, qmax);
         });
+        return;
+    }
+    if (detail::short_runs(layout)) {
+        column_backward(x, gy, gx, gscale, gzero, layout, scale, zero_point, qmin, qmax, grad_factor,
+                        static_cast<double*>(workspace), s);
         return;
     }
     const long long segments = segments_of(layout);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu_features.hpp"
+#include "fake_quant_columns.hpp"
 #include "fake_quant_kernels.hpp"
 #include "ompq/fake_quant.hpp"
 
@@ -67,17 +68,14 @@ std::vector<Block> blocks_of(const QuantLayout& layout) {
 }
 
 // Channels last (each channel's run shorter than kShortRun elements): the blocks above would be one
-// per run. Instead the tensor is read as rows of `width` columns, width a whole number of periods
-// P = channels * inner, so column j always has channel (j % P) / inner and its own scale, reciprocal
-// and zero point. Tiles of rows x columns are the unit of parallel work and of the LSQ partial sums
-// (one per column per tile, added in tile order: the same for any thread count).
-constexpr std::size_t kShortRun = 64;
-constexpr std::size_t kRowWidth = 1024;      // short periods are repeated up to this width
+// per run. Instead the tensor is read in the column view (fake_quant_columns.hpp), each column with
+// its own copy of its channel's scale, reciprocal and zero point. Tiles of rows x columns are the
+// unit of parallel work and of the LSQ partial sums (one per column per tile, added in tile order:
+// the same for any thread count).
+using detail::short_runs;
 constexpr std::size_t kTileColumns = 4096;   // wider rows are split into column chunks
 constexpr std::size_t kTileElements = 32768;
 constexpr std::size_t kMinTileRows = 16;     // bounds the partial sums to 1 byte per element
-
-bool short_runs(const QuantLayout& layout) { return layout.inner < kShortRun && layout.channels > 1; }
 
 struct Columns {
     std::size_t period, inner, width, rows, size;
@@ -89,7 +87,7 @@ Columns columns_of(const QuantLayout& layout, const float* scale, const float* z
     Columns c;
     c.period = layout.channels * layout.inner;
     c.inner = layout.inner;
-    c.width = c.period <= kRowWidth ? c.period * (kRowWidth / c.period) : c.period;
+    c.width = detail::column_width(c.period);
     c.size = layout.size();
     c.rows = (c.size + c.width - 1) / c.width;
     c.s.resize(c.width);

@@ -62,9 +62,11 @@ void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, con
 // wanted (none otherwise).
 std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& layout);
 
-// The CPU core's fake_quant_backward on device buffers: gx in one elementwise pass; the LSQ sums
-// per (row, segment of kQuantSegment elements) in a fixed tree in float64, then per channel in a
-// fixed order, so the result does not depend on timing. gscale / gzero may be null.
+// The CPU core's fake_quant_backward on device buffers: gx in one elementwise pass; with gscale
+// and/or gzero (either may be null) the same pass forms the LSQ sums in float64 — per (row,
+// segment of kQuantSegment elements) by a fixed tree, or, channels last, per column of the CPU
+// core's column view over tiles of rows — then adds them per channel in a fixed order, so the
+// result does not depend on timing.
 constexpr std::size_t kQuantSegment = 8192;
 void fake_quant_backward(const float* x, const float* gy, float* gx, float* gscale, float* gzero,
                          const QuantLayout& layout, const float* scale, const float* zero_point, QuantRange range,

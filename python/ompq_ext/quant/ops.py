@@ -141,13 +141,5 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | None = None, *,
             raise OmpqValueError(
                 f"axis {axis} has {x.shape[op_axis]} channels but {scale.numel()} scales were given"
             )
-    lsq = scale.requires_grad or zero_point.requires_grad
-    if x.is_cuda and lsq and op_axis not in (PER_TENSOR, 0) and math.prod(x.shape[op_axis + 1:]) < 64:
-        # The CUDA backward forms the LSQ sums with one block per channel run; with short runs
-        # (channels last) move the channels to the front so the runs are long. (The CPU core has
-        # a column path for them; the CUDA forward and straight-through backward are elementwise.)
-        moved = _fake_quant(x.movedim(op_axis, 0).contiguous(), scale.contiguous(), zero_point.contiguous(), 0,
-                            qmin, qmax, float(grad_factor))
-        return moved.movedim(0, op_axis).contiguous()
     return _fake_quant(x.contiguous(), scale.contiguous(), zero_point.contiguous(), op_axis, qmin, qmax,
                        float(grad_factor))
