@@ -240,7 +240,8 @@ def test_fake_quant_forward_equals_torch_on_cuda_bit_for_bit(bits, signed, shape
 @gpu
 @pytest.mark.parametrize("shape, axis", [((64, 3, 3, 3), 0), ((16, 30000), 0), ((4, 64, 56, 56), None),
                                          # channels last: the column view (short last row, wide periods)
-                                         ((40000, 3), -1), ((5, 7, 11), 2), ((2, 300, 9), 1), ((3, 5000), -1)])
+                                         ((40000, 3), -1), ((5, 7, 11), 2), ((2, 300, 9), 1), ((3, 5000), -1),
+                                         ((70000, 1), -1)])  # one channel: one run
 def test_fake_quant_gradients_on_cuda_match_the_cpu_core(shape, axis):
     from ompq_ext.quant.ops import fake_quantize
 

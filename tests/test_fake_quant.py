@@ -662,6 +662,25 @@ def test_opcheck_non_contiguous_input():
                           test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("shape,axis", [((70_000, 1), -1), ((3, 1, 5), 1), ((1, 70_000), 1)])
+def test_one_channel_or_one_element_per_channel_layouts(shape, axis):
+    """A single channel on a non-leading axis is one run of the whole tensor; a channel per element
+    (outer = 1, inner = 1) takes the column view with no expanded copies. Both equal torch, and the
+    LSQ sums equal the float64 sums of the float32 terms."""
+    rng = np.random.default_rng(zlib.crc32(repr(shape).encode()))
+    scale, zp, qmin, qmax = make_params(rng, shape[axis], 4, "unsigned")
+    x = away_from_ties(make_x(rng, shape, axis, scale, zp, qmin, qmax), scale, zp, axis)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    ref = lsq_reference(x, gy, scale, zp, axis, qmin, qmax, 1.0)
+    ours_s, ours_z, _, _ = lsq_bounds(x, axis, ref, 1.0)
+    for isa in ISAS:
+        assert_bitwise_equal(core.fake_quant_forward(x, scale, zp, axis, qmin, qmax, isa=isa),
+                             torch_forward(x, scale, zp, axis, qmin, qmax))
+        gx, gs, gz = core.fake_quant_backward(x, gy, scale, zp, axis, qmin, qmax, 1.0, True, True, isa=isa)
+        np.testing.assert_array_equal(gx, torch_ste(x, gy, scale, zp, axis, qmin, qmax))
+        assert np.all(np.abs(gs - ref["gscale"]) <= ours_s) and np.all(np.abs(gz - ref["gzero"]) <= ours_z)
+
+
 def test_channels_last_threads_isas_and_in_place_give_identical_bits():
     """Per-channel along the last axis goes through the column path (tiles of rows x columns with
     per-column partial sums added in tile order): gx, gscale and gzero are the same bits for any

@@ -256,7 +256,8 @@ void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, con
     });
 }
 
-std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& layout) {
+std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& given) {
+    const QuantLayout layout = detail::merge_single_channel(given);
     if (detail::short_runs(layout) && layout.size() > 0) {
         const ColumnGrid g(layout);
         return static_cast<std::size_t>(g.tiles * g.width) * 2 * sizeof(double);
@@ -265,9 +266,10 @@ std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& layout) {
 }
 
 void fake_quant_backward(const float* x, const float* gy, float* gx, float* gscale, float* gzero,
-                         const QuantLayout& layout, const float* scale, const float* zero_point, QuantRange range,
+                         const QuantLayout& given, const float* scale, const float* zero_point, QuantRange range,
                          float grad_factor, void* workspace, std::size_t workspace_bytes, void* stream) {
-    check_layout(layout, range);
+    check_layout(given, range);
+    const QuantLayout layout = detail::merge_single_channel(given);
     if (!std::isfinite(grad_factor)) throw std::invalid_argument("fake_quant_backward: grad_factor must be finite");
     const bool want_sums = gscale != nullptr || gzero != nullptr;
     if (want_sums && workspace_bytes < fake_quant_backward_workspace_bytes(layout))

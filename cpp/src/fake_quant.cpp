@@ -75,30 +75,45 @@ std::vector<Block> blocks_of(const QuantLayout& layout) {
 using detail::short_runs;
 constexpr std::size_t kTileColumns = 4096;   // wider rows are split into column chunks
 constexpr std::size_t kTileElements = 32768;
-constexpr std::size_t kMinTileRows = 16;     // bounds the partial sums to 1 byte per element
+constexpr std::size_t kMinTileRows = 16;     // partial sums: <= 1 byte per element from 16 rows up
 
 struct Columns {
-    std::size_t period, inner, width, rows, size;
-    std::vector<float> s, inv, z;  // per column
-    std::size_t channel(std::size_t j) const { return (j % period) / inner; }
+    std::size_t channels, inner, period, width, rows, size;
+    const float *s, *inv, *z;  // per column: the layout's own arrays (one run per channel), or `storage`
+    std::vector<float> inv_channel, storage;
 };
 
 Columns columns_of(const QuantLayout& layout, const float* scale, const float* zero_point) {
     Columns c;
-    c.period = layout.channels * layout.inner;
+    c.channels = layout.channels;
     c.inner = layout.inner;
+    c.period = layout.channels * layout.inner;
     c.width = detail::column_width(c.period);
     c.size = layout.size();
     c.rows = (c.size + c.width - 1) / c.width;
-    c.s.resize(c.width);
-    c.inv.resize(c.width);
-    c.z.resize(c.width);
-    for (std::size_t j = 0; j < c.width; ++j) {
-        const std::size_t ch = c.channel(j);
-        c.s[j] = scale[ch];
-        c.inv[j] = 1.0f / scale[ch];  // what forward_row computes
-        c.z[j] = zero_point[ch];
+    c.inv_channel.resize(c.channels);
+    for (std::size_t ch = 0; ch < c.channels; ++ch) c.inv_channel[ch] = 1.0f / scale[ch];  // as forward_row
+    if (c.inner == 1 && c.width == c.period) {  // column j is channel j: nothing to expand
+        c.s = scale;
+        c.inv = c.inv_channel.data();
+        c.z = zero_point;
+        return c;
     }
+    c.storage.resize(3 * c.width);
+    float* s = c.storage.data();
+    float* inv = s + c.width;
+    float* z = inv + c.width;
+    for (std::size_t ch = 0, j = 0; ch < c.channels; ++ch)  // the first period, run by run
+        for (std::size_t k = 0; k < c.inner; ++k, ++j) {
+            s[j] = scale[ch];
+            inv[j] = c.inv_channel[ch];
+            z[j] = zero_point[ch];
+        }
+    for (float* a : {s, inv, z})  // then whole copies of it
+        for (std::size_t j = c.period; j < c.width; j += c.period) std::copy(a, a + c.period, a + j);
+    c.s = s;
+    c.inv = inv;
+    c.z = z;
     return c;
 }
 
@@ -162,32 +177,40 @@ void backward_short_runs(const float* x, const float* gy, float* gx, float* gsca
     const Columns c = columns_of(layout, scale, zero_point);
     const std::vector<Tile> tiles = tiles_of(c);
     const bool sums = gscale != nullptr || gzero != nullptr;
-    const std::size_t stride = std::min(c.width, kTileColumns);  // partial sums per tile
-    std::vector<double> part_scale(sums ? tiles.size() * stride : 0, 0.0), part_outside(part_scale.size(), 0.0);
+    std::vector<std::size_t> first(tiles.size() + 1, 0);  // where each tile's partial sums start
+    for (std::size_t t = 0; t < tiles.size(); ++t) first[t + 1] = first[t] + (sums ? tiles[t].cols : 0);
+    std::vector<double> part_scale(first.back(), 0.0), part_outside(first.back(), 0.0);
     for_each_span(c, tiles, thread_count(num_threads, c.size, tiles.size()),
                   [&](std::size_t t, std::size_t offset, std::size_t len, std::size_t col) {
-                      kernels.backward_cols(x + offset, gy + offset, gx + offset, len, &c.inv[col], &c.z[col], qmin,
-                                            qmax, sums, sums ? &part_scale[t * stride] : nullptr,
-                                            sums ? &part_outside[t * stride] : nullptr);
+                      kernels.backward_cols(x + offset, gy + offset, gx + offset, len, c.inv + col, c.z + col, qmin,
+                                            qmax, sums, sums ? &part_scale[first[t]] : nullptr,
+                                            sums ? &part_outside[first[t]] : nullptr);
                   });
     if (!sums) return;
     std::vector<double> per_scale(layout.channels, 0.0), per_outside(layout.channels, 0.0);
-    for (std::size_t t = 0; t < tiles.size(); ++t)  // tile order, then column order
-        for (std::size_t k = 0; k < tiles[t].cols; ++k) {
-            const std::size_t ch = c.channel(tiles[t].col0 + k);
-            per_scale[ch] += part_scale[t * stride + k];
-            per_outside[ch] += part_outside[t * stride + k];
+    for (std::size_t t = 0; t < tiles.size(); ++t) {  // tile order, then column order
+        const std::size_t pos = tiles[t].col0 % c.period;
+        std::size_t ch = pos / c.inner, k = pos % c.inner;  // column -> channel, walked without dividing
+        for (std::size_t i = first[t]; i < first[t + 1]; ++i) {
+            per_scale[ch] += part_scale[i];
+            per_outside[ch] += part_outside[i];
+            if (++k == c.inner) {
+                k = 0;
+                if (++ch == c.channels) ch = 0;
+            }
         }
+    }
     write_lsq_gradients(per_scale, per_outside, scale, grad_factor, gscale, gzero);
 }
 
 }  // namespace
 
-void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, const float* scale,
+void fake_quant_forward(const float* x, float* y, const QuantLayout& given, const float* scale,
                         const float* zero_point, QuantRange range, const FakeQuantOptions& options) {
     if (x == nullptr || y == nullptr || scale == nullptr || zero_point == nullptr)
         throw std::invalid_argument("fake_quant_forward: null pointer");
-    check(layout, scale, zero_point, range);
+    check(given, scale, zero_point, range);
+    const QuantLayout layout = detail::merge_single_channel(given);
     const auto kernels = pick(options.isa);
     const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
     if (short_runs(layout) && layout.size() > 0) {
@@ -195,7 +218,7 @@ void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, con
         const std::vector<Tile> tiles = tiles_of(c);
         for_each_span(c, tiles, thread_count(options.num_threads, c.size, tiles.size()),
                       [&](std::size_t, std::size_t offset, std::size_t len, std::size_t col) {
-                          kernels.forward_cols(x + offset, y + offset, len, &c.s[col], &c.inv[col], &c.z[col], qmin,
+                          kernels.forward_cols(x + offset, y + offset, len, c.s + col, c.inv + col, c.z + col, qmin,
                                                qmax);
                       });
         return;
@@ -211,12 +234,13 @@ void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, con
 }
 
 void fake_quant_backward(const float* x, const float* gy, float* gx, float* gscale, float* gzero,
-                         const QuantLayout& layout, const float* scale, const float* zero_point, QuantRange range,
+                         const QuantLayout& given, const float* scale, const float* zero_point, QuantRange range,
                          float grad_factor, const FakeQuantOptions& options) {
     if (x == nullptr || gy == nullptr || gx == nullptr || scale == nullptr || zero_point == nullptr)
         throw std::invalid_argument("fake_quant_backward: null pointer");
     if (!std::isfinite(grad_factor)) throw std::invalid_argument("fake_quant_backward: grad_factor must be finite");
-    check(layout, scale, zero_point, range);
+    check(given, scale, zero_point, range);
+    const QuantLayout layout = detail::merge_single_channel(given);
     const auto kernels = pick(options.isa);
     const bool want_scale = gscale != nullptr, want_zero = gzero != nullptr;
     const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);

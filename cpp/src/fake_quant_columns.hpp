@@ -14,6 +14,12 @@ namespace ompq::detail {
 constexpr std::size_t kShortRun = 64;
 constexpr std::size_t kRowWidth = 1024;  // short periods are repeated up to this width
 
+// One channel: [outer][1][inner] is the same as one run of outer * inner elements.
+inline QuantLayout merge_single_channel(const QuantLayout& layout) {
+    return layout.channels == 1 ? QuantLayout{1, 1, layout.size()} : layout;
+}
+
+// For a layout after merge_single_channel.
 inline bool short_runs(const QuantLayout& layout) { return layout.inner < kShortRun && layout.channels > 1; }
 
 inline std::size_t column_width(std::size_t period) {
