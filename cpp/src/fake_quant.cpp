@@ -81,6 +81,9 @@ struct Columns {
     std::size_t channels, inner, period, width, rows, size;
     const float *s, *inv, *z;  // per column: the layout's own arrays (one run per channel), or `storage`
     std::vector<float> inv_channel, storage;
+    Columns() = default;
+    Columns(Columns&&) = default;  // a move keeps the vectors' buffers, so s, inv, z stay valid
+    Columns(const Columns&) = delete;
 };
 
 Columns columns_of(const QuantLayout& layout, const float* scale, const float* zero_point) {
