@@ -31,7 +31,8 @@ constexpr int kSlice = 32;      // columns staged per step on the CUDA-core path
 constexpr int kPanelLd = kTile + 4;  // column-major panels: 36 floats per column keep float4 reads aligned
 constexpr int kSimtThreads = 64;     // 8 x 8 threads, 4 x 4 outputs each
 constexpr int kTcSlice = 64;    // columns staged per step on the tensor-core path
-[[maybe_unused]] constexpr int kTcLd = kTcSlice + 8;  // 16-bit row-major panels: WMMA wants a multiple of 8 elements (unused before sm_80)
+// 16-bit row-major panels: WMMA wants a multiple of 8 elements (unused in builds before sm_80).
+[[maybe_unused]] constexpr int kTcLd = kTcSlice + 8;
 constexpr int kTcThreads = 128;      // 2 x 2 warps, one 16 x 16 accumulator each
 // Columns per launch: the chunks of one launch are a grid dimension (at most 65535).
 constexpr std::size_t kColumnsPerLaunch = 32768 * kGramChunk;
