@@ -680,20 +680,32 @@ def _compiler_available():
     return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 
 
-def test_cpp_example_builds_and_passes(tmp_path):
+def test_cpp_example_and_an_installed_consumer(tmp_path):
+    """The C++ example builds and passes; `cmake --install` exports ompq::core (and ompq::cuda where
+    the toolkit was found) for find_package(ompq), which a separate project uses."""
     if not (shutil.which("cmake") and shutil.which("ninja") and _compiler_available()):
         pytest.skip("cmake, ninja or a C++ compiler is missing")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    build = tmp_path / "build"
+    build, prefix, consumer = tmp_path / "build", tmp_path / "prefix", tmp_path / "consumer"
+
+    def run(args, timeout=600):
+        r = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return r.stdout
+
     # Always a fresh build dir: an existing one (build/cpp) may be stale relative to cpp/.
-    cfg = subprocess.run(["cmake", "-S", root, "-B", str(build), "-G", "Ninja", "-DOMPQ_BUILD_PYTHON=OFF",
-                          "-DOMPQ_BUILD_EXAMPLES=ON"], capture_output=True, text=True, timeout=300)
-    assert cfg.returncode == 0, cfg.stdout[-2000:] + cfg.stderr[-2000:]
-    bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True, timeout=600)
-    assert bld.returncode == 0, bld.stdout[-2000:] + bld.stderr[-2000:]
-    run = subprocess.run([str(build / "ompq_example")], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "check passed" in run.stdout
+    configured = run(["cmake", "-S", root, "-B", build, "-G", "Ninja", "-DOMPQ_BUILD_PYTHON=OFF",
+                      "-DOMPQ_BUILD_EXAMPLES=ON", f"-DCMAKE_INSTALL_PREFIX={prefix}"], timeout=300)
+    run(["cmake", "--build", build])
+    assert "check passed" in run([build / "ompq_example"], timeout=60)
+    run(["cmake", "--install", build], timeout=120)
+    run(["cmake", "-S", os.path.join(root, "cpp", "examples", "find_package"), "-B", consumer, "-G", "Ninja",
+         f"-DCMAKE_PREFIX_PATH={prefix}"], timeout=300)
+    run(["cmake", "--build", consumer])
+    out = run([consumer / "ompq_consumer"], timeout=60)
+    assert "consumer check passed" in out
+    if "CUDA toolkit ON" in configured:
+        assert "cuda: not built" not in out, "the core was built with CUDA but ompq::cuda was not installed"
 
 
 @pytest.mark.parametrize(
