@@ -25,5 +25,13 @@ mkdir -p "$out"
 (cd /tmp && python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_cuda.py" -rs 2>&1 | tee "$out/tests.log"; exit "${PIPESTATUS[0]}") || status=$?
 echo "tests: $(( $(date +%s) - start )) s"
 python3 bench/report_gpu.py --repeats 20 | tee "$out/report_gpu.md"
+# The C++ API on the device (an H100/H200: sm_90): install the core, build
+# cpp/examples/find_package against it, run it.
+(cmake -S . -B /tmp/ompq_cpp -G Ninja -DOMPQ_BUILD_PYTHON=OFF -DOMPQ_BUILD_EXAMPLES=OFF -DOMPQ_CUDA=ON \
+   -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_INSTALL_PREFIX=/tmp/ompq_prefix > /dev/null \
+ && cmake --build /tmp/ompq_cpp > /dev/null && cmake --install /tmp/ompq_cpp > /dev/null \
+ && cmake -S cpp/examples/find_package -B /tmp/ompq_consumer -G Ninja -DCMAKE_PREFIX_PATH=/tmp/ompq_prefix > /dev/null \
+ && cmake --build /tmp/ompq_consumer > /dev/null && /tmp/ompq_consumer/ompq_consumer) 2>&1 | tail -5 \
+ || status=${status:-1}
 echo "total: $(( $(date +%s) - start )) s"
 exit ${status:-0}
