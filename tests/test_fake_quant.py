@@ -637,6 +637,34 @@ def test_torch_compile_fullgraph_matches_eager():
         assert_bitwise_equal(comp.numpy(), eager.numpy())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated", "ignore::torch.jit.TracerWarning")
+def test_eager_path_and_custom_ops_agree_and_tracing_records_the_op(monkeypatch):
+    """Eager fake_quantize runs the kernels through a plain autograd.Function (no custom-op dispatch);
+    it must give the custom op's bits, outputs and gradients. torch.jit.trace must record the custom
+    op (a graph that can be saved), not a Python callback."""
+    calls = []
+    monkeypatch.setattr(ops._EagerFakeQuant, "apply", lambda *a: calls.append(1) or ops._fake_quant(*a))
+    x, s, z = _compiled_case()
+    fake_quantize(x, s, z, bits=4, signed=False, axis=1)
+    assert calls, "eager fake_quantize did not take the autograd.Function"
+    monkeypatch.undo()
+    gy = torch.randn(8, 6, 5)
+    results = []
+    for op in (ops._EagerFakeQuant.apply, ops._fake_quant):
+        x, s, z = _compiled_case()
+        zr = z + (z.detach().round().clamp(0, 15) - z.detach())
+        y = op(x, s, zr, 1, 0, 15, 0.5)
+        y.backward(gy)
+        results.append((y.detach(), x.grad, s.grad, z.grad))
+    for a, b in zip(*results):
+        assert_bitwise_equal(a.numpy(), b.numpy())
+    s = torch.rand(6) * 0.2 + 0.05
+    traced = torch.jit.trace(lambda t: fake_quantize(t, s, bits=4, axis=1), torch.randn(8, 6, 5))
+    assert "ompq_ext::fake_quant" in str(traced.graph)
+    other = torch.randn(8, 6, 5) * 3
+    assert_bitwise_equal(traced(other).numpy(), fake_quantize(other, s, bits=4, axis=1).numpy())
+
+
 OPCHECK_SAMPLES = [
     lambda: ((torch.randn(4, 6) * 3).requires_grad_(), (torch.rand(6) * 0.1 + 0.01).requires_grad_(),
              torch.tensor([0.0, 1, 2, 3, 4, 5]).requires_grad_(), 1, 0, 15, 0.5),
