@@ -31,6 +31,29 @@ __device__ __forceinline__ bool inside_grid(float x, float inv, float z, float q
     return q >= qmin && q <= qmax;
 }
 
+// The straight-through gradient of one element, also adding its LSQ terms: gy * d (d = round(x/s)
+// - x/s on the grid, qmin - z below it, qmax - z above; the product in float32, the sum in float64,
+// as on the CPU) and gy off the grid.
+__device__ __forceinline__ float masked_adding_terms(float x, float gy, float inv, float z, float qmin, float qmax,
+                                                     double& sum_scale, double& sum_outside) {
+    const float xs = x * inv;
+    const float r = rintf(xs);
+    const float q = r + z;
+    const bool inside = q >= qmin && q <= qmax;
+    const float d = inside ? r - xs : (q < qmin ? qmin - z : qmax - z);
+    sum_scale += static_cast<double>(gy * d);
+    sum_outside += inside ? 0.0 : static_cast<double>(gy);
+    return inside ? gy : 0.0f;
+}
+
+// Channel c's scale and zero-point gradients from its float64 sums.
+__device__ __forceinline__ void write_channel_gradients(long long c, double sum_scale, double sum_outside,
+                                                        const float* scale, float grad_factor, float* gscale,
+                                                        float* gzero) {
+    if (gscale) gscale[c] = static_cast<float>(grad_factor * sum_scale);
+    if (gzero) gzero[c] = static_cast<float>(-grad_factor * static_cast<double>(scale[c]) * sum_outside);
+}
+
 template <typename Index>
 __global__ void forward_kernel(const float* __restrict__ x, float* __restrict__ y, Index size, Index channels,
                                Index inner, const float* __restrict__ scale, const float* __restrict__ zero,
@@ -66,22 +89,14 @@ __global__ void backward_kernel(const float* __restrict__ x, const float* __rest
     const long long block = blockIdx.x;
     const long long row = block / segments, seg = block % segments;
     const long long c = row % channels;
-    const float s = scale[c], z = zero[c];
-    const float inv = 1.0f / s;
-    const float below = qmin - z, above = qmax - z;
+    const float z = zero[c];
+    const float inv = 1.0f / scale[c];
     const long long begin = row * inner + seg * static_cast<long long>(kQuantSegment);
     const long long len = min(static_cast<long long>(kQuantSegment), inner - seg * static_cast<long long>(kQuantSegment));
-    double acc_scale = 0.0, acc_out = 0.0;  // float32 terms summed in float64, as on the CPU
+    double acc_scale = 0.0, acc_out = 0.0;
     for (long long k = threadIdx.x; k < len; k += blockDim.x) {
         const long long i = begin + k;
-        const float xs = x[i] * inv;
-        const float r = rintf(xs);
-        const float q = r + z;
-        const bool inside = q >= qmin && q <= qmax;
-        gx[i] = inside ? gy[i] : 0.0f;
-        const float d = inside ? r - xs : (q < qmin ? below : above);
-        acc_scale += static_cast<double>(gy[i] * d);
-        acc_out += inside ? 0.0 : static_cast<double>(gy[i]);
+        gx[i] = masked_adding_terms(x[i], gy[i], inv, z, qmin, qmax, acc_scale, acc_out);
     }
     __shared__ double sh_scale[kThreads], sh_out[kThreads];
     sh_scale[threadIdx.x] = acc_scale;
@@ -113,8 +128,7 @@ __global__ void channel_sums(const double* __restrict__ partial, long long outer
             sum_scale += partial[2 * block];
             sum_out += partial[2 * block + 1];
         }
-    if (gscale) gscale[c] = static_cast<float>(grad_factor * sum_scale);
-    if (gzero) gzero[c] = static_cast<float>(-grad_factor * static_cast<double>(scale[c]) * sum_out);
+    write_channel_gradients(c, sum_scale, sum_out, scale, grad_factor, gscale, gzero);
 }
 
 // Channels last with LSQ sums (fake_quant_columns.hpp): one thread per column of the column view
@@ -128,23 +142,15 @@ __global__ void column_partials(const float* __restrict__ x, const float* __rest
     const long long j = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
     if (j >= width) return;
     const long long c = (j % period) / inner;
-    const float s = scale[c], z = zero[c];
-    const float inv = 1.0f / s;
-    const float below = qmin - z, above = qmax - z;
+    const float z = zero[c];
+    const float inv = 1.0f / scale[c];
     const long long r0 = blockIdx.y * tile_rows;
     const long long r1 = min(r0 + tile_rows, rows);
     double acc_scale = 0.0, acc_out = 0.0;
     for (long long r = r0; r < r1; ++r) {
         const long long i = r * width + j;
         if (i >= size) break;  // the last row may be short
-        const float xs = x[i] * inv;
-        const float rx = rintf(xs);
-        const float q = rx + z;
-        const bool inside = q >= qmin && q <= qmax;
-        gx[i] = inside ? gy[i] : 0.0f;
-        const float d = inside ? rx - xs : (q < qmin ? below : above);
-        acc_scale += static_cast<double>(gy[i] * d);
-        acc_out += inside ? 0.0 : static_cast<double>(gy[i]);
+        gx[i] = masked_adding_terms(x[i], gy[i], inv, z, qmin, qmax, acc_scale, acc_out);
     }
     double* out = partial + 2 * (static_cast<long long>(blockIdx.y) * width + j);
     out[0] = acc_scale;
@@ -177,8 +183,7 @@ __global__ void channel_sums_of_columns(const double* __restrict__ partial, long
             sum_scale += partial[2 * j];
             sum_out += partial[2 * j + 1];
         }
-    if (gscale) gscale[c] = static_cast<float>(grad_factor * sum_scale);
-    if (gzero) gzero[c] = static_cast<float>(-grad_factor * static_cast<double>(scale[c]) * sum_out);
+    write_channel_gradients(c, sum_scale, sum_out, scale, grad_factor, gscale, gzero);
 }
 
 // The column view's sizes: width, rows, rows per tile (tiles are a grid dimension: at most 65535).
