@@ -37,6 +37,23 @@ constexpr int kTcThreads = 128;      // 2 x 2 warps, one 16 x 16 accumulator eac
 // Columns per launch: the chunks of one launch are a grid dimension (at most 65535).
 constexpr std::size_t kColumnsPerLaunch = 32768 * kGramChunk;
 
+// A tile block's work: its upper-triangle tile pair (ti <= tj), the columns [begin, end) of its chunk,
+// and where its float32 tile goes in the workspace ([chunk][pair][32][32]).
+struct TileWork {
+    int ti, tj;
+    long long begin, end;
+    float* out;
+};
+
+__device__ __forceinline__ TileWork tile_work(int tiles, long long d, float* partial) {
+    TileWork w;
+    upper_pair(blockIdx.x, tiles, &w.ti, &w.tj);
+    w.begin = static_cast<long long>(blockIdx.y) * kGramChunk;
+    w.end = min(w.begin + static_cast<long long>(kGramChunk), d);
+    w.out = partial + (static_cast<long long>(blockIdx.y) * gridDim.x + blockIdx.x) * kTile * kTile;
+    return w;
+}
+
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -47,14 +64,13 @@ __global__ void __launch_bounds__(kSimtThreads) gram_tiles_cuda_cores(const T* _
                                                                       float* __restrict__ partial) {
     __shared__ __align__(16) float a[kSlice][kPanelLd];  // a[c][r] = X(row r of tile ti, column c)
     __shared__ __align__(16) float b[kSlice][kPanelLd];
-    int ti, tj;
-    upper_pair(blockIdx.x, tiles, &ti, &tj);
-    const long long begin = static_cast<long long>(blockIdx.y) * kGramChunk;
-    const long long end = min(begin + static_cast<long long>(kGramChunk), d);
+    const TileWork w = tile_work(tiles, d, partial);
+    const int ti = w.ti, tj = w.tj;
+    const long long end = w.end;
     const int tid = threadIdx.x;
     const int tr = tid / 8, tc = tid % 8;  // this thread's outputs: rows 4 tr.., columns 4 tc..
     float acc[4][4] = {};
-    for (long long c0 = begin; c0 < end; c0 += kSlice) {
+    for (long long c0 = w.begin; c0 < end; c0 += kSlice) {
         // A warp reads 32 consecutive columns of one row: coalesced.
         for (int e = tid; e < kTile * kSlice; e += kSimtThreads) {
             const int r = e / kSlice, c = e % kSlice;
@@ -77,10 +93,9 @@ __global__ void __launch_bounds__(kSimtThreads) gram_tiles_cuda_cores(const T* _
         }
         __syncthreads();
     }
-    float* out = partial + (static_cast<long long>(blockIdx.y) * gridDim.x + blockIdx.x) * kTile * kTile;
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-        *reinterpret_cast<float4*>(&out[(tr * 4 + i) * kTile + tc * 4]) =
+        *reinterpret_cast<float4*>(&w.out[(tr * 4 + i) * kTile + tc * 4]) =
             make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
 }
 
@@ -92,10 +107,9 @@ __global__ void __launch_bounds__(kTcThreads) gram_tiles_tensor_cores(const T* _
     using namespace nvcuda;
     __shared__ __align__(32) T a[kTile][kTcLd];  // a[r][c] = X(row r of tile ti, column c)
     __shared__ __align__(32) T b[kTile][kTcLd];
-    int ti, tj;
-    upper_pair(blockIdx.x, tiles, &ti, &tj);
-    const long long begin = static_cast<long long>(blockIdx.y) * kGramChunk;
-    const long long end = min(begin + static_cast<long long>(kGramChunk), d);
+    const TileWork w = tile_work(tiles, d, partial);
+    const int ti = w.ti, tj = w.tj;
+    const long long end = w.end;
     const int tid = threadIdx.x, warp = tid / 32;
     const int wr = warp / 2, wc = warp % 2;  // this warp's 16 x 16 block of the tile
     const T zero = static_cast<T>(0.0f);
@@ -104,7 +118,7 @@ __global__ void __launch_bounds__(kTcThreads) gram_tiles_tensor_cores(const T* _
     // ordinary rounding, so the bias of truncation stays within a slice.
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc, slice;
     wmma::fill_fragment(acc, 0.0f);
-    for (long long c0 = begin; c0 < end; c0 += kTcSlice) {
+    for (long long c0 = w.begin; c0 < end; c0 += kTcSlice) {
         for (int e = tid; e < kTile * kTcSlice; e += kTcThreads) {
             const int r = e / kTcSlice, c = e % kTcSlice;
             const long long col = c0 + c;
@@ -128,8 +142,7 @@ __global__ void __launch_bounds__(kTcThreads) gram_tiles_tensor_cores(const T* _
         for (int t = 0; t < acc.num_elements; ++t) acc.x[t] += slice.x[t];
         __syncthreads();
     }
-    float* out = partial + (static_cast<long long>(blockIdx.y) * gridDim.x + blockIdx.x) * kTile * kTile;
-    wmma::store_matrix_sync(out + wr * 16 * kTile + wc * 16, acc, kTile, wmma::mem_row_major);
+    wmma::store_matrix_sync(w.out + wr * 16 * kTile + wc * 16, acc, kTile, wmma::mem_row_major);
 #else
     __trap();  // never launched: the host checks tensor_cores_usable() first
 #endif
