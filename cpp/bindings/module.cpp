@@ -262,6 +262,25 @@ py::tuple fake_quant_backward(const py::object& x, const py::object& grad, const
     return py::make_tuple(gx, gscale, gzero);
 }
 
+#ifdef OMPQ_HAVE_CUDA
+// A device call's workspace: at least `need` bytes (none needed: anything goes).
+void check_workspace(std::uintptr_t workspace, std::int64_t workspace_bytes, std::size_t need) {
+    if (need > 0 && (workspace == 0 || workspace_bytes < 0 || static_cast<std::size_t>(workspace_bytes) < need))
+        fail("workspace_bytes is " + std::to_string(workspace_bytes) + ", needs " + std::to_string(need));
+}
+
+// Runs a CUDA core call without the GIL; its exceptions (bad arguments, launch errors) become OmpqValueError.
+template <typename Call>
+void call_cuda(Call call) {
+    try {
+        py::gil_scoped_release release;
+        call();
+    } catch (const std::exception& e) {
+        fail(e.what());
+    }
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -315,19 +334,15 @@ PYBIND11_MODULE(_core, m) {
         else fail("dtype must be 'f32', 'f16' or 'bf16', got '" + dtype + "'");
         if (n < 1 || d < 1 || row_stride < d) fail("need n >= 1, d >= 1 and row_stride >= d");
         if (x == 0 || gram == 0 || workspace == 0) fail("x, gram and workspace must be device pointers, got a null one");
-        const auto need = ompq::cuda::gram_workspace_bytes(static_cast<std::size_t>(n), static_cast<std::size_t>(d));
-        if (workspace_bytes < 0 || static_cast<std::size_t>(workspace_bytes) < need)
-            fail("workspace_bytes is " + std::to_string(workspace_bytes) + ", needs " + std::to_string(need));
-        try {
-            py::gil_scoped_release release;
+        check_workspace(workspace, workspace_bytes,
+                        ompq::cuda::gram_workspace_bytes(static_cast<std::size_t>(n), static_cast<std::size_t>(d)));
+        call_cuda([&] {
             ompq::cuda::gram_accumulate(reinterpret_cast<const void*>(x), dt, static_cast<std::size_t>(n),
                                         static_cast<std::size_t>(d), static_cast<std::size_t>(row_stride),
                                         reinterpret_cast<double*>(gram), reinterpret_cast<void*>(workspace),
                                         static_cast<std::size_t>(workspace_bytes), reinterpret_cast<void*>(stream),
                                         which);
-        } catch (const std::exception& e) {
-            fail(e.what());
-        }
+        });
     }, py::arg("x"), py::arg("dtype"), py::arg("n"), py::arg("d"), py::arg("row_stride"), py::arg("gram"),
        py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"), py::arg("kernel") = "auto",
        "gram (n x n float64, device) += X Xᵀ for device features X (n rows of row_stride elements), "
@@ -347,18 +362,14 @@ PYBIND11_MODULE(_core, m) {
             fail("the " + estimator + " estimator needs n in " + std::to_string(least) + "..46340, got " +
                  std::to_string(n));
         if (grams == 0 || orm == 0 || workspace == 0) fail("grams, orm and workspace must be device pointers, got a null one");
-        const auto need = ompq::cuda::orm_workspace_bytes(static_cast<std::size_t>(layers), static_cast<std::size_t>(n));
-        if (workspace_bytes < 0 || static_cast<std::size_t>(workspace_bytes) < need)
-            fail("workspace_bytes is " + std::to_string(workspace_bytes) + ", needs " + std::to_string(need));
-        try {
-            py::gil_scoped_release release;
+        check_workspace(workspace, workspace_bytes,
+                        ompq::cuda::orm_workspace_bytes(static_cast<std::size_t>(layers), static_cast<std::size_t>(n)));
+        call_cuda([&] {
             ompq::cuda::orm_matrix(reinterpret_cast<const double*>(grams), static_cast<std::size_t>(layers),
                                    static_cast<std::size_t>(n), est, reinterpret_cast<double*>(orm),
                                    reinterpret_cast<void*>(workspace), static_cast<std::size_t>(workspace_bytes),
                                    reinterpret_cast<void*>(stream));
-        } catch (const std::exception& e) {
-            fail(e.what());
-        }
+        });
     }, py::arg("grams"), py::arg("layers"), py::arg("n"), py::arg("estimator"), py::arg("orm"), py::arg("workspace"),
        py::arg("workspace_bytes"), py::arg("stream"),
        "orm (layers x layers float64, device) = linear CKA of the (layers, n, n) float64 device Grams, enqueued "
@@ -378,14 +389,11 @@ PYBIND11_MODULE(_core, m) {
         const auto layout = cuda_layout(outer, channels, inner);
         const auto range = cuda_range(qmin, qmax);
         if (x == 0 || y == 0 || scale == 0 || zero_point == 0) fail("x, y, scale and zero_point must be device pointers");
-        try {
-            py::gil_scoped_release release;
+        call_cuda([&] {
             ompq::cuda::fake_quant_forward(reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), layout,
                                            reinterpret_cast<const float*>(scale), reinterpret_cast<const float*>(zero_point),
                                            range, reinterpret_cast<void*>(stream));
-        } catch (const std::exception& e) {
-            fail(e.what());
-        }
+        });
     }, py::arg("x"), py::arg("y"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("scale"),
        py::arg("zero_point"), py::arg("qmin"), py::arg("qmax"), py::arg("stream"),
        "fake_quant_forward on float32 device buffers, enqueued on `stream`.");
@@ -401,20 +409,15 @@ PYBIND11_MODULE(_core, m) {
         const auto range = cuda_range(qmin, qmax);
         if (x == 0 || grad == 0 || grad_x == 0 || scale == 0 || zero_point == 0)
             fail("x, grad, grad_x, scale and zero_point must be device pointers");
-        const bool sums = grad_scale != 0 || grad_zero != 0;
-        const auto need = ompq::cuda::fake_quant_backward_workspace_bytes(layout);
-        if (sums && need > 0 && (workspace == 0 || workspace_bytes < 0 || static_cast<std::size_t>(workspace_bytes) < need))
-            fail("workspace_bytes is " + std::to_string(workspace_bytes) + ", needs " + std::to_string(need));
-        try {
-            py::gil_scoped_release release;
+        if (grad_scale != 0 || grad_zero != 0)  // the workspace holds the scale / zero-point sums
+            check_workspace(workspace, workspace_bytes, ompq::cuda::fake_quant_backward_workspace_bytes(layout));
+        call_cuda([&] {
             ompq::cuda::fake_quant_backward(
                 reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(grad), reinterpret_cast<float*>(grad_x),
                 reinterpret_cast<float*>(grad_scale), reinterpret_cast<float*>(grad_zero), layout,
                 reinterpret_cast<const float*>(scale), reinterpret_cast<const float*>(zero_point), range, grad_factor,
                 reinterpret_cast<void*>(workspace), static_cast<std::size_t>(workspace_bytes), reinterpret_cast<void*>(stream));
-        } catch (const std::exception& e) {
-            fail(e.what());
-        }
+        });
     }, py::arg("x"), py::arg("grad"), py::arg("grad_x"), py::arg("grad_scale"), py::arg("grad_zero"), py::arg("outer"),
        py::arg("channels"), py::arg("inner"), py::arg("scale"), py::arg("zero_point"), py::arg("qmin"), py::arg("qmax"),
        py::arg("grad_factor"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
