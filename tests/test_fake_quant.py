@@ -106,6 +106,12 @@ def make_x(rng, shape, axis, scale, zp, qmin, qmax, far=True):
     return x.reshape(shape)
 
 
+def make_case(rng, shape, axis, bits, mode, far=True):
+    """Parameters for `axis` (None: per tensor) and an x to quantize with them: (scale, zp, qmin, qmax, x)."""
+    scale, zp, qmin, qmax = make_params(rng, 1 if axis is None else shape[axis], bits, mode)
+    return scale, zp, qmin, qmax, make_x(rng, shape, axis, scale, zp, qmin, qmax, far=far)
+
+
 def torch_forward(x, scale, zp, axis, qmin, qmax):
     xt = torch.from_numpy(x)
     if axis is None:
@@ -244,9 +250,7 @@ def case(draw, allow_scalar=True):
 def test_forward_bit_exact_with_torch_every_isa(c):
     shape, axis, bits, mode, seed = c
     rng = np.random.default_rng(seed)
-    channels = 1 if axis is None else shape[axis]
-    scale, zp, qmin, qmax = make_params(rng, channels, bits, mode)
-    x = make_x(rng, shape, axis, scale, zp, qmin, qmax)
+    scale, zp, qmin, qmax, x = make_case(rng, shape, axis, bits, mode)
     want = torch_forward(x, scale, zp, axis, qmin, qmax)
     for isa in ISAS:
         got = core.fake_quant_forward(x, scale, zp, axis, qmin, qmax, isa=isa)
@@ -264,9 +268,7 @@ def test_forward_bit_exact_with_torch_every_isa(c):
 def test_forward_bit_exact_large_rows_and_blocks(shape, axis, bits, mode):
     """Rows longer than one block (8192), vector tails, many channels, every ISA, 1 and 2 threads."""
     rng = np.random.default_rng(sum(shape) * 31 + bits)
-    channels = 1 if axis is None else shape[axis]
-    scale, zp, qmin, qmax = make_params(rng, channels, bits, mode)
-    x = make_x(rng, shape, axis, scale, zp, qmin, qmax)
+    scale, zp, qmin, qmax, x = make_case(rng, shape, axis, bits, mode)
     want = torch_forward(x, scale, zp, axis, qmin, qmax)
     for isa in ISAS:
         for threads in (1, 2):
@@ -316,8 +318,7 @@ def test_forward_saturates_huge_values_and_keeps_nan():
 
 def test_forward_out_and_in_place():
     rng = np.random.default_rng(0)
-    scale, zp, qmin, qmax = make_params(rng, 6, 4, "unsigned")
-    x = make_x(rng, (6, 100), 0, scale, zp, qmin, qmax)
+    scale, zp, qmin, qmax, x = make_case(rng, (6, 100), 0, 4, "unsigned")
     want = torch_forward(x, scale, zp, 0, qmin, qmax)
     out = np.empty_like(x)
     res = core.fake_quant_forward(x, scale, zp, 0, qmin, qmax, out=out)
@@ -349,9 +350,7 @@ def test_empty_and_scalar_tensors():
 def test_ste_equals_torch_every_isa(c):
     shape, axis, bits, mode, seed = c
     rng = np.random.default_rng(seed)
-    channels = 1 if axis is None else shape[axis]
-    scale, zp, qmin, qmax = make_params(rng, channels, bits, mode)
-    x = make_x(rng, shape, axis, scale, zp, qmin, qmax)
+    scale, zp, qmin, qmax, x = make_case(rng, shape, axis, bits, mode)
     gy = rng.standard_normal(shape).astype(np.float32)
     want = torch_ste(x, gy, scale, zp, axis, qmin, qmax)
     for isa in ISAS:
@@ -386,9 +385,7 @@ LSQ_CASES = [
 @pytest.mark.parametrize("shape,axis,bits,mode", LSQ_CASES)
 def test_lsq_gradients_match_torch_learnable_ops(shape, axis, bits, mode, grad_factor):
     rng = np.random.default_rng(zlib.crc32(repr((shape, axis, bits, mode)).encode()))
-    channels = 1 if axis is None else shape[axis]
-    scale, zp, qmin, qmax = make_params(rng, channels, bits, mode)
-    x = make_x(rng, shape, axis, scale, zp, qmin, qmax, far=True)
+    scale, zp, qmin, qmax, x = make_case(rng, shape, axis, bits, mode)
     x = away_from_ties(x, scale, zp, axis)
     gy = rng.standard_normal(shape).astype(np.float32)
     ref = lsq_reference(x, gy, scale, zp, axis, qmin, qmax, grad_factor)
@@ -562,8 +559,8 @@ def test_fake_quantize_learnable_zero_point_is_rounded_with_straight_through_gra
 @pytest.mark.parametrize("grad_factor", [1.0, 0.25])
 def test_fake_quantize_lsq_against_torch_learnable(shape, axis, grad_factor):
     rng = np.random.default_rng(zlib.crc32(repr((shape, axis, grad_factor)).encode()))
-    scale, zp, qmin, qmax = make_params(rng, 1 if axis is None else shape[axis], 4, "unsigned")
-    x = away_from_ties(make_x(rng, shape, axis, scale, zp, qmin, qmax), scale, zp, axis)
+    scale, zp, qmin, qmax, x = make_case(rng, shape, axis, 4, "unsigned")
+    x = away_from_ties(x, scale, zp, axis)
     gy = rng.standard_normal(shape).astype(np.float32)
     xt = torch.from_numpy(x).requires_grad_()
     st_ = torch.from_numpy(scale.copy()).requires_grad_()
@@ -691,8 +688,8 @@ def test_one_channel_or_one_element_per_channel_layouts(shape, axis):
     (outer = 1, inner = 1) takes the column view with no expanded copies. Both equal torch, and the
     LSQ sums equal the float64 sums of the float32 terms."""
     rng = np.random.default_rng(zlib.crc32(repr(shape).encode()))
-    scale, zp, qmin, qmax = make_params(rng, shape[axis], 4, "unsigned")
-    x = away_from_ties(make_x(rng, shape, axis, scale, zp, qmin, qmax), scale, zp, axis)
+    scale, zp, qmin, qmax, x = make_case(rng, shape, axis, 4, "unsigned")
+    x = away_from_ties(x, scale, zp, axis)
     gy = rng.standard_normal(shape).astype(np.float32)
     ref = lsq_reference(x, gy, scale, zp, axis, qmin, qmax, 1.0)
     ours_s, ours_z, _, _ = lsq_bounds(x, axis, ref, 1.0)
@@ -710,8 +707,7 @@ def test_channels_last_threads_isas_and_in_place_give_identical_bits():
     thread count and ISA, the forward equals torch's bit for bit, also in place (y aliasing x)."""
     rng = np.random.default_rng(17)
     shape = (300_007, 4)  # 1.2 M elements: the parallel path; a short last row
-    scale, zp, qmin, qmax = make_params(rng, 4, 4, "unsigned")
-    x = make_x(rng, shape, -1, scale, zp, qmin, qmax)
+    scale, zp, qmin, qmax, x = make_case(rng, shape, -1, 4, "unsigned")
     gy = rng.standard_normal(shape).astype(np.float32)
     results = set()
     for isa in ISAS:
