@@ -18,7 +18,6 @@ from . import _core
 from .errors import OmpqValueError
 
 DTYPE_TAGS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
-GRAM_KERNELS = ("auto", "cuda_cores", "tensor_cores")
 
 
 @functools.lru_cache(maxsize=1)
