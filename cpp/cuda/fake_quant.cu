@@ -9,6 +9,7 @@
 
 #include "ompq/cuda.hpp"
 #include "../src/fake_quant_columns.hpp"
+#include "block_sum.cuh"
 
 namespace ompq::cuda {
 namespace {
@@ -99,19 +100,11 @@ __global__ void backward_kernel(const float* __restrict__ x, const float* __rest
         gx[i] = masked_adding_terms(x[i], gy[i], inv, z, qmin, qmax, acc_scale, acc_out);
     }
     __shared__ double sh_scale[kThreads], sh_out[kThreads];
-    sh_scale[threadIdx.x] = acc_scale;
-    sh_out[threadIdx.x] = acc_out;
-    __syncthreads();
-    for (int stride = kThreads / 2; stride > 0; stride /= 2) {  // a fixed tree: deterministic
-        if (threadIdx.x < stride) {
-            sh_scale[threadIdx.x] += sh_scale[threadIdx.x + stride];
-            sh_out[threadIdx.x] += sh_out[threadIdx.x + stride];
-        }
-        __syncthreads();
-    }
+    const double sum_scale = block_sum<kThreads>(acc_scale, sh_scale);
+    const double sum_out = block_sum<kThreads>(acc_out, sh_out);
     if (threadIdx.x == 0) {
-        partial[2 * block] = sh_scale[0];
-        partial[2 * block + 1] = sh_out[0];
+        partial[2 * block] = sum_scale;
+        partial[2 * block + 1] = sum_out;
     }
 }
 

@@ -11,23 +11,13 @@
 #include <string>
 
 #include "ompq/cuda.hpp"
+#include "block_sum.cuh"
 #include "upper_pairs.cuh"
 
 namespace ompq::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// Sum of `value` over the block, in a fixed tree; the result in thread 0.
-__device__ double block_sum(double value, double* shared) {
-    shared[threadIdx.x] = value;
-    __syncthreads();
-    for (int stride = kThreads / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
-        __syncthreads();
-    }
-    return shared[0];
-}
 
 // Biased: K̃ = K − row means − column means + grand mean (H K H). Unbiased (U-centring): with the
 // diagonal left out of the sums, K̃_ij = K_ij − s_i/(n−2) − t_j/(n−2) + S/((n−1)(n−2)), 0 on the diagonal.
@@ -68,7 +58,7 @@ __global__ void __launch_bounds__(kThreads) center(const double* __restrict__ gr
         norm2 += v * v;
         out[e] = (unbiased && i == j) ? 0.0 : v - row[i] / divisor - col[j] / divisor + grand;
     }
-    const double sum = block_sum(norm2, shared);
+    const double sum = block_sum<kThreads>(norm2, shared);
     if (threadIdx.x == 0) raw_norm2[blockIdx.x] = sum;
 }
 
@@ -82,7 +72,7 @@ __global__ void __launch_bounds__(kThreads) pair_products(const double* __restri
     const double* gj = centred + j * nn;
     double s = 0.0;
     for (long long e = threadIdx.x; e < nn; e += kThreads) s += gi[e] * gj[e];
-    const double sum = block_sum(s, shared);
+    const double sum = block_sum<kThreads>(s, shared);
     if (threadIdx.x == 0) p[static_cast<long long>(i) * layers + j] = sum;
 }
 
