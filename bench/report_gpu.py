@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -26,6 +25,8 @@ import ompq_ext
 from ompq_ext import _core, cuda_kernels
 from ompq_ext.models import resnet50
 from ompq_ext.quant.ops import fake_quantize, quant_range
+
+from common import interleaved_medians
 
 GRAM_SHAPES = [(32, 200_704), (64, 200_704), (64, 25_088), (128, 802_816)]
 ORM_SHAPES = [(54, 64), (160, 256)]  # ResNet-50's planned layers at N = 64; a deep network at N = 256
@@ -76,13 +77,8 @@ def orm_rows(repeats):
             return _core.orm_matrix(grams.cpu().numpy(), "biased")
 
         on_gpu = cuda_time(lambda: cuda_kernels.orm_matrix(grams, "biased"), repeats)
-        t = []
-        for _ in range(max(3, repeats // 4)):
-            start = time.perf_counter()
-            want = on_cpu()
-            t.append(time.perf_counter() - start)
-        cpu = statistics.median(t)
-        err = np.max(np.abs(cuda_kernels.orm_matrix(grams, "biased") - want))
+        cpu = interleaved_medians({"cpu": on_cpu}, max(3, repeats // 4))["cpu"]
+        err = np.max(np.abs(cuda_kernels.orm_matrix(grams, "biased") - on_cpu()))
         rows.append(f"| {layers} layers × N = {n} | {on_gpu * 1e3:.3f} | {cpu * 1e3:.3f} | **{cpu / on_gpu:.2f}** | "
                     f"{err:.1e} |")
     return rows
@@ -138,22 +134,15 @@ def plan_rows(repeats):
             model(x)
         torch.cuda.synchronize()
 
-    def plan():
-        return ompq_ext.plan(model, [x], "16MiB", num_samples=64, progress=False)
+    stages = []
 
-    forward()
-    plan()
-    fwd, pln, stages = [], [], []
-    for _ in range(max(3, repeats // 4)):
-        t = time.perf_counter()
-        forward()
-        fwd.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        p = plan()
-        pln.append(time.perf_counter() - t)
-        stages.append(p.timing)
+    def plan():
+        stages.append(ompq_ext.plan(model, [x], "16MiB", num_samples=64, progress=False).timing)
+
+    times = interleaved_medians({"forward": forward, "plan": plan}, max(3, repeats // 4))
+    stages = stages[1:]  # without the warm-up call
     stage = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
-    f, q = statistics.median(fwd), statistics.median(pln)
+    f, q = times["forward"], times["plan"]
     return [f"| plain no-grad forward | {f * 1e3:.0f} ms |", f"| plan() end to end | **{q * 1e3:.0f} ms** (target < 1000) |",
             f"| ratio plan / forward | {q / f:.2f} |",
             "| plan() stages | " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in stage.items()) + " |"]
