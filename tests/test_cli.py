@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from ompq_ext import cli, models
-from ompq_ext.plan import Plan
+from ompq_ext.record import Plan
 
 IN, HIDDEN, OUT = 16, (12, 8), 4
 NAMES = ["0", "2", "4"]

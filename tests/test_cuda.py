@@ -10,7 +10,7 @@ import torch
 
 import ompq_ext
 from ompq_ext import OmpqValueError, _core, cuda_kernels
-from ompq_ext.features import GramCollector
+from ompq_ext.features import GramCollector, observe
 from ompq_ext.layers import find_layers
 from ompq_ext.models import resnet1d
 
@@ -189,15 +189,13 @@ def test_gram_collector_keeps_the_grams_on_the_gpu():
     model = resnet1d(width=16).eval().cuda()
     layers = find_layers(model)
     x = torch.randn(24, 1, 40, device="cuda")
-    with torch.no_grad(), GramCollector(layers, 24) as collector:
-        model(x)
-        collector.finish()
+    collector = GramCollector(layers, 24)
+    observe(model, layers, ((x,), {}), [collector])
     assert collector.device_grams is not None and collector.device_grams.device.type == "cuda"
     picked = collector.grams_of([2, 0])
     assert picked.is_cuda and torch.equal(picked[1], collector.device_grams[0])
-    with torch.no_grad(), GramCollector(layers, 24) as on_cpu:
-        model.cpu()(x.cpu())
-        on_cpu.finish()
+    on_cpu = GramCollector(layers, 24)
+    observe(model.cpu(), layers, ((x.cpu(),), {}), [on_cpu])
     want = on_cpu.grams_of([2, 0])
     assert np.max(np.abs(picked.cpu().numpy() - want) / np.abs(want).max()) < 1e-5
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from torch import nn
 import ompq_ext
 from ompq_ext import models
 from ompq_ext.errors import OmpqError, PlanFileError
-from ompq_ext.plan import PLAN_FORMAT, PLAN_VERSION, LayerPlan, Plan
+from ompq_ext.plan_file import PLAN_FORMAT, PLAN_VERSION
+from ompq_ext.record import LayerPlan, Plan
 
 NAMES = ["0", "2", "4", "6"]
 PARAMS = {"0": 32 * 24, "2": 24 * 16, "4": 16 * 16, "6": 16 * 4}
@@ -445,3 +447,58 @@ def test_check_model_layer_without_weight(made):
 def test_layerplan_fields_match_json(made):
     raw = made.to_json()["layers"][0]
     assert set(raw) == {f for f in LayerPlan.__dataclass_fields__}
+
+
+# --------------------------------------------------------------------------- files of earlier versions
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_a_plan_file_written_before_the_typed_record_loads():
+    """tests/data/plan_v1.json was saved by the code before plan() became a pipeline (commit cb144fb):
+    size, BOPs and latency budgets, a tie and a fixed layer; it lacks settings.method and budgets[].limit."""
+    raw = json.loads((DATA / "plan_v1.json").read_text())
+    assert "method" not in raw["settings"] and all("limit" not in b for b in raw["budgets"])
+    p = Plan.load(DATA / "plan_v1.json")
+    assert p.bits == {x["name"]: x["bits"] for x in raw["layers"]}
+    assert p.settings.method == "ompq" and p.settings["beta"] == raw["settings"]["beta"]
+    assert p.totals.latency == raw["totals"]["latency"] and p.totals["size_bits"] == raw["totals"]["size_bits"]
+    assert [b.to_json() for b in p.budgets] == raw["budgets"]
+    assert p.summary() + "\n" == (DATA / "plan_v1.summary.txt").read_text()
+    p.check_model(make_model())
+    q = ompq_ext.quantize(make_model(), p, act_bits=0, progress=False)
+    assert q.get_submodule("2").weight_bits == 8
+
+
+def test_records_are_typed_and_read_like_dicts(made):
+    assert made.totals.size_bits == made.totals["size_bits"] and made.totals.get("latency", "none") == "none"
+    assert made.solver.status == made.solver["status"] == "OPTIMAL"
+    assert made.settings.bits == made.settings["bits"] and made.settings.method_settings["beta"] == 0.1
+    assert made.groups[0].name == made.groups[0]["name"] and made.model["class"] == made.model.class_name
+    assert made.budgets[0].limit == 3 * sum(PARAMS.values()) + 32 * made.totals.other_params
+    with pytest.raises(KeyError):
+        made.totals["no such total"]
+
+
+@pytest.mark.parametrize("field, value", [("size_bits", "7808"), ("avg_bits", None), ("bops", 1.5)])
+def test_wrong_total_type(tmp_path, data, field, value):
+    data["totals"][field] = value
+    msg = load_error(tmp_path, data)
+    assert f"totals.{field}" in msg and "should be" in msg
+
+
+@pytest.mark.parametrize("key", ["size_bits", "avg_bits", "planned_params"])
+def test_missing_total(tmp_path, data, key):
+    del data["totals"][key]
+    msg = load_error(tmp_path, data)
+    assert "totals" in msg and f"'{key}'" in msg and "lacks" in msg
+
+
+def test_null_scores_only_in_plans_of_other_methods(tmp_path, data):
+    data["orm"] = None
+    assert "plan.orm should be list" in load_error(tmp_path, data)
+    data["settings"]["method"] = "given"
+    for layer in data["layers"]:
+        layer["gamma"] = layer["log_theta"] = layer["weight"] = None
+    back = Plan.from_json(data)
+    assert back.orm is None and back.layers[0].gamma is None

@@ -64,7 +64,7 @@ def test_quantized_weights_follow_the_recipe_and_leave_the_model_alone(small):
         errors = [qw.error(name, b) for b in (2, 3, 4)]
         assert errors[0] > errors[1] > errors[2] > 0  # more bits, less perturbation
         # The weights quantize() would use, bit for bit.
-        plan = al.with_bits(base, [3] * len(base.groups), "check")
+        plan = ompq_ext.plan(task.model, [X], "3bits", bits=[3], progress=False)
         q = ompq_ext.quantize(task.model, plan, act_bits=0, progress=False)
         qlayer = q.get_submodule(name)
         assert torch.equal(qlayer.weight_quantizer(qlayer.layer.weight), qw(name, 3))
@@ -75,13 +75,13 @@ def test_quantized_weights_follow_the_recipe_and_leave_the_model_alone(small):
 def test_every_allocator_keeps_the_budget(small, budget):
     task, _ = small
     base = ompq_ext.plan(task.model, [X], budget, progress=False)
-    limit = al.size_limit(base)
+    limit = base.budgets[0].limit
     qw = al.QuantizedWeights(task.model, base.layer_names)
     traces = al.hutchinson_traces(task, base.layer_names, probes=8)
     table = al.kl_table(task, base.layer_names, base.settings["bits"], qw, task.outputs(task.model))
-    plans = [al.params_only(base), al.solve_plan(base, "h", values=al.hessian_values(base, traces, qw)),
-             al.greedy(base, table), al.solve_plan(base, "kl", values=al.table_values(base, table)),
-             *al.random_plans(base, 5, seed=0)]
+    plans = [al.params_only(task, base), al.hessian_plan(task, base, traces, qw),
+             al.greedy(task, base, table), al.kl_plan(task, base, table),
+             *al.random_plans(task, base, 5, seed=0)]
     for p in plans:
         assert p.totals["size_bits"] <= limit
         assert set(p.bits.values()) <= set(base.settings["bits"])
@@ -93,11 +93,11 @@ def test_every_allocator_keeps_the_budget(small, budget):
 
 
 def test_greedy_lowers_the_least_sensitive_layer_first(small):
-    _, base = small
+    task, base = small
     names = base.layer_names
     # A table where one layer is very sensitive: greedy must keep it at the top bits.
     table = {n: {b: (100.0 if n == names[0] else 1.0) / 2**b for b in base.settings["bits"]} for n in names}
-    p = al.greedy(base, table)
+    p = al.greedy(task, base, table)
     assert p.bits[names[0]] == max(base.settings["bits"])
 
 

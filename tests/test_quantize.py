@@ -11,6 +11,7 @@ from ompq_ext import OmpqError, OmpqTypeError, OmpqValueError, PlanFileError
 from ompq_ext.models import ResNet, mlp, resnet1d
 from ompq_ext.quant import QuantLayer
 from ompq_ext.quant.api import METHODS, calibrate, quant_report, quantize
+from ompq_ext.quant.configs import CONFIGS, AdaRoundConfig, BRECQConfig, RTNConfig
 from torch import nn
 
 
@@ -101,7 +102,7 @@ def with_bits(plan, bits):
     for layer in plan.layers:
         layer.bits = bits
     for group in plan.groups:
-        group["bits"] = bits
+        group.bits = bits
     return plan
 
 
@@ -409,3 +410,42 @@ def test_reconstruction_methods(planned, method):
     fresh, _ = make("resnet1d")
     q = quantize(fresh, with_bits(p, 3), x, method=method, num_calib=32, iters=5, inplace=True, progress=False)
     assert q is fresh and isinstance(fresh.get_submodule(p.layers[0].name), QuantLayer)
+
+
+# ---------------------------------------------------------------- recipes as config objects
+
+
+def test_config_objects_are_the_keyword_form(planned):
+    model, x, p = planned["resnet1d"]
+    p3 = with_bits(p, 3)
+    for config, keywords in [
+        (RTNConfig(weight_scale="minmax", act_calib="percentile", num_calib=32),
+         dict(weight_scale="minmax", act_calib="percentile", num_calib=32)),
+        (BRECQConfig(num_calib=32, iters=15, batch_size=16), dict(method="brecq", num_calib=32, iters=15, batch_size=16)),
+    ]:
+        torch.manual_seed(3)
+        a = quantize(model, p3, x, config, progress=False)
+        torch.manual_seed(3)
+        b = quantize(model, p3, x, progress=False, **keywords)
+        with torch.no_grad():
+            assert torch.equal(a(x), b(x)), type(config).__name__
+        assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    weights_only = quantize(model, p3, config=RTNConfig(act_bits=0), progress=False)
+    assert weights_only.get_submodule(p.layers[0].name).input_quantizer is None
+
+
+def test_config_errors(planned):
+    model, x, p = planned["mlp"]
+    assert set(CONFIGS) == set(METHODS) and CONFIGS["brecq"] is BRECQConfig
+    with pytest.raises(OmpqValueError, match="either as config=.*or as keywords"):
+        quantize(model, p, x, RTNConfig(), act_bits=0)
+    with pytest.raises(OmpqValueError, match="either as config="):
+        quantize(model, p, x, AdaRoundConfig(), method="brecq")
+    with pytest.raises(OmpqTypeError, match="config must be one of RTNConfig"):
+        quantize(model, p, x, {"method": "rtn"})
+    with pytest.raises(OmpqValueError, match="weight_scale"):
+        RTNConfig(weight_scale="absmax")
+    with pytest.raises(OmpqValueError, match="num_calib"):
+        BRECQConfig(num_calib=1)
+    with pytest.raises(OmpqValueError, match="iterations: unknown argument.*'brecq'; it takes.*iters"):
+        quantize(model, p, x, method="brecq", iterations=10)

@@ -1,14 +1,15 @@
 """ompq_ext: OMPQ mixed-precision planning for PyTorch models."""
 
+from ._version import __version__
+from .budget import Budget, parse_budget
 from .errors import FeatureError, InfeasibleBudgetError, OmpqError, OmpqTypeError, OmpqValueError, PlanFileError
-
-__version__ = "0.1.0"
-
-from .budget import Budget, parse_budget  # noqa: E402
-from .plan import Plan, plan  # noqa: E402
-from .quant.api import calibrate, quant_report, quantize  # noqa: E402
+from .plan import plan
+from .quant.api import calibrate, quant_report, quantize
+from .quant.configs import AdaRoundConfig, BRECQConfig, RTNConfig
+from .record import Plan
 
 __all__ = [
-    "plan", "Plan", "quantize", "quant_report", "calibrate", "Budget", "parse_budget",
+    "__version__", "plan", "Plan", "quantize", "quant_report", "calibrate", "RTNConfig", "AdaRoundConfig",
+    "BRECQConfig", "Budget", "parse_budget",
     "OmpqError", "OmpqValueError", "OmpqTypeError", "InfeasibleBudgetError", "FeatureError", "PlanFileError",
 ]

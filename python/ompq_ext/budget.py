@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from .constraints import BopsConstraint, Constraint, SizeConstraint
 from .errors import OmpqTypeError, OmpqValueError
 
 _SIZE_UNITS = {
@@ -73,6 +74,13 @@ class Budget:
 
     def bops_limit(self) -> int | None:
         return math.floor(self.value) if self.kind == "bops" else None
+
+    def constraint(self, *, planned_params: int, other_params: int) -> Constraint:
+        """The solver's constraint for this budget (other parameters count 32 bits in a size)."""
+        if self.kind == "bops":
+            return BopsConstraint(self.bops_limit())
+        size = self.size_limit_bits(planned_params=planned_params, other_params=other_params)
+        return SizeConstraint(size, other_bits=32 * other_params)
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "value": str(self.value), "text": self.text}
@@ -129,17 +137,20 @@ def parse_budget(spec) -> Budget:
     )
 
 
-def parse_budgets(spec) -> list[Budget]:
-    """A single budget or a list/tuple of them; at most one size-type and one BOPs budget."""
+def parse_budgets(spec) -> list[Budget | Constraint]:
+    """A single budget or a list/tuple of them; at most one size-type and one BOPs budget. A
+    ``Constraint`` (a budget kind of its own, such as a ``LatencyConstraint``) is taken as it is;
+    at most one of each kind."""
     items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if not items:
         raise OmpqValueError("budget is empty: give at least one, e.g. budget='4.5MiB'")
-    budgets = [parse_budget(s) for s in items]
-    if sum(b.kind != "bops" for b in budgets) > 1:
+    budgets = [s if isinstance(s, Constraint) else parse_budget(s) for s in items]
+    parsed = [b for b in budgets if isinstance(b, Budget)]
+    if sum(b.kind != "bops" for b in parsed) > 1:
         raise OmpqValueError(
             "give at most one size budget (MiB/MB/bytes, bits or fraction) and at most one BOPs budget; "
-            f"got {[b.text for b in budgets]}"
+            f"got {[b.text for b in parsed]}"
         )
-    if sum(b.kind == "bops" for b in budgets) > 1:
-        raise OmpqValueError(f"give at most one BOPs budget; got {[b.text for b in budgets]}")
+    if sum(b.kind == "bops" for b in parsed) > 1:
+        raise OmpqValueError(f"give at most one BOPs budget; got {[b.text for b in parsed]}")
     return budgets

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .allocators.ompq import DEFAULT_BETA
 from .errors import OmpqError, OmpqTypeError, OmpqValueError
-from .features import FEATURE_POINTS
+from .features import BN_MODES, FEATURE_POINTS
 from .orthogonality import ESTIMATORS, OBJECTIVES
-from .plan import BN_MODES, DEFAULT_BETA, Plan, plan
+from .plan import plan
+from .record import Plan
 
 PLAN_DEFAULTS = {name: p.default for name, p in inspect.signature(plan).parameters.items()}
 

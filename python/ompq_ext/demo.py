@@ -14,8 +14,9 @@ from importlib import resources
 import numpy as np
 import torch
 
+from .allocators.ompq import DEFAULT_BETA
 from .models import resnet1d
-from .plan import DEFAULT_BETA, plan
+from .plan import plan
 from .quant.api import quant_report, quantize
 
 BUDGET_BITS = (3, 4)

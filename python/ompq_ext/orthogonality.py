@@ -45,10 +45,18 @@ def importance(orm: np.ndarray) -> np.ndarray:
     return orm.sum(axis=1) - np.diagonal(orm)
 
 
+def check_beta(beta) -> None:
+    try:
+        ok = bool(np.isfinite(beta) and beta > 0)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise OmpqValueError(f"beta must be a positive finite number, got {beta!r}")
+
+
 def log_theta(gamma: np.ndarray, beta: float) -> np.ndarray:
     """log(theta_i / max theta) = -beta * (gamma_i - min gamma): never underflows."""
-    if not np.isfinite(beta) or beta <= 0:
-        raise OmpqValueError(f"beta must be a positive finite number, got {beta!r}")
+    check_beta(beta)
     return -beta * (gamma - gamma.min())
 
 

@@ -3,16 +3,18 @@
 Exact model (``solve``)
 -----------------------
 One integer variable per group, ``bits[g]``, whose domain is the group's allowed bit-widths.
-Every budget is one linear constraint over those variables, in exact integers:
+Every budget is a ``Constraint`` (``ompq_ext.constraints``), one linear constraint in exact integers:
 
-    size     sum_g params_g * bits_g + other_bits        <= size_budget_bits
-    BOPs     sum_g macs_g * act_bits_g * bits_g          <= bops_budget
+    size     sum_g params_g * bits_g + other_bits        <= size limit
+    BOPs     sum_g macs_g * act_bits_g * bits_g          <= BOPs limit
     latency  sum_g sum_b L[g][b] * is[g, b]              <= latency budget
 
-For latency, ``is[g, b]`` are 0/1 variables (exactly one per group, ``bits_g = sum_b b * is[g, b]``)
-and the float costs are scaled by a power of two and rounded UP, the budget rounded DOWN, so an
-allocation the integer model accepts never exceeds the float budget (it is checked again with the
-floats afterwards).
+A constraint whose cost is linear in the bits (size, BOPs) is written over ``bits[g]``; any other
+(latency) over 0/1 variables ``is[g, b]`` (exactly one per group, ``bits_g = sum_b b * is[g, b]``).
+Float costs are scaled by a power of two and rounded UP, the limit rounded DOWN, so an allocation
+the integer model accepts never exceeds the float budget (it is checked again with the floats
+afterwards). Each constraint is visited once in each of: the check that it can be met alone, the
+model, and the verification of the returned plan.
 
 The objective ``sum_g w_g * bits_g`` has float weights (or, with ``values``, any table
 ``sum_g V[g][bits_g]``: a per-bit-width value per group, as sensitivity allocators such as
@@ -59,15 +61,16 @@ import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from operator import index
 
-from ompq_ext.errors import InfeasibleBudgetError, OmpqError, OmpqValueError
+from .constraints import BopsConstraint, Constraint, LatencyConstraint, SizeConstraint
+from .constraints.base import FLOAT_SCALE_BITS, check_limit, per_bit_table
+from .errors import InfeasibleBudgetError, OmpqError, OmpqTypeError, OmpqValueError
 
 MAX_BITS = 16
 _INT64_SAFE = 2**62  # CP-SAT works in int64; keep every sum well below its limit
-_LATENCY_SCALE_BITS = 40  # latency costs are integers below 2**40 after scaling
 _TIE_BREAK_DTIME = 1.0  # cap of the lexicographic stage, in CP-SAT deterministic time
 
 
@@ -81,6 +84,7 @@ class GroupSpec:
     weight: float  # objective weight, finite, >= 0
     bits: tuple[int, ...]  # allowed bit-widths (a single value = fixed), each in 1..16
     act_bits: int = 8  # activation bits, for BOPs
+    layers: tuple[str, ...] = ()  # its layers' names, for per-layer tables such as latency; () means (name,)
 
 
 @dataclass
@@ -94,8 +98,9 @@ class Allocation:
     gap: float  # (bound - objective) / max(|bound|, 1e-12); 0 when OPTIMAL
     size_bits: int  # sum_g params_g * bits_g + other_bits
     bops: int  # sum_g macs_g * bits_g * act_bits_g
-    latency: float | None  # sum of latency table entries, if a table was given
+    latency: float | None  # sum of the latency table's entries, if a table was given
     solve_time_s: float
+    costs: dict[str, float] = field(default_factory=dict)  # each constraint's kind -> the plan's cost
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,27 +148,33 @@ def _validate_groups(groups: Sequence[GroupSpec]) -> list[tuple[int, ...]]:
     return allowed
 
 
-def _check_budget(value, what, *, integer=True):
-    if value is None:
-        return None
-    value = _as_int(value, what) if integer else float(value)
-    if not (value >= 0 and math.isfinite(value)):
-        raise OmpqValueError(f"{what} must be finite and >= 0, got {value}")
-    return value
+def _keyword_constraints(size_budget, bops_budget, latency, latency_budget, other_bits) -> list[Constraint]:
+    """The constraints that solve()'s budget keywords stand for, each checked under its keyword's name."""
+    constraints = []
+    if size_budget is not None:
+        constraints.append(SizeConstraint(check_limit(size_budget, "size_budget_bits"), other_bits))
+    if bops_budget is not None:
+        constraints.append(BopsConstraint(check_limit(bops_budget, "bops_budget")))
+    if latency_budget is not None:
+        check_limit(latency_budget, "latency_budget", integer=False)
+        if latency is None:
+            raise OmpqValueError("latency_budget needs a latency table (latency=...)")
+        constraints.append(LatencyConstraint(latency, latency_budget))
+    return constraints
 
 
-def _validate_budgets(size_budget, bops_budget, latency, latency_budget, other_bits):
-    size_budget = _check_budget(size_budget, "size_budget_bits")
-    bops_budget = _check_budget(bops_budget, "bops_budget")
-    latency_budget = _check_budget(latency_budget, "latency_budget", integer=False)
-    other_bits = _check_budget(other_bits, "other_bits")
-    if size_budget is None and bops_budget is None and latency_budget is None:
-        raise OmpqValueError(
-            "no budget given; pass size_budget_bits, bops_budget or latency_budget"
-        )
-    if latency_budget is not None and latency is None:
-        raise OmpqValueError("latency_budget needs a latency table (latency=...)")
-    return size_budget, bops_budget, latency_budget, other_bits
+def _validate_constraints(constraints) -> list[Constraint]:
+    if not constraints:
+        raise OmpqValueError("no budget given; pass constraints, or size_budget_bits, bops_budget or latency_budget")
+    kinds = set()
+    for c in constraints:
+        if not isinstance(c, Constraint):
+            raise OmpqTypeError(
+                f"constraints must be ompq_ext.constraints.Constraint objects, got {type(c).__name__}")
+        if c.kind in kinds:
+            raise OmpqValueError(f"two {c.kind} budgets given; give at most one of each kind")
+        kinds.add(c.kind)
+    return constraints
 
 
 def _validate_options(time_limit_s, weight_resolution, num_groups) -> int:
@@ -178,42 +189,9 @@ def _validate_options(time_limit_s, weight_resolution, num_groups) -> int:
     return weight_resolution
 
 
-def _per_bit_table(groups, allowed, rows, name: str, what: str, *, nonnegative: bool) -> list[dict[int, float]]:
-    """Check a table given as one mapping bits -> number per group (``name``: how the argument is
-    called in messages, ``what``: what one entry is); return {bit: float} for each group's allowed bits."""
-    if len(rows) != len(groups):
-        raise OmpqValueError(
-            f"{name} has {len(rows)} entries for {len(groups)} groups; "
-            f"give one mapping bits -> {what} per group, in group order"
-        )
-    table = []
-    for g, bits, row in zip(groups, allowed, rows):
-        if not isinstance(row, Mapping):
-            raise OmpqValueError(f"group {g.name!r}: {name} entry must be a mapping bits -> {what}")
-        missing = [b for b in bits if b not in row]
-        if missing:
-            raise OmpqValueError(
-                f"group {g.name!r}: {name} has no entry for bits {missing}; "
-                f"give a {what} for every allowed bit-width"
-            )
-        try:
-            row = {b: float(row[b]) for b in bits}
-        except (TypeError, ValueError):
-            raise OmpqValueError(f"group {g.name!r}: {what}s must be numbers") from None
-        if not all(math.isfinite(v) and (v >= 0 or not nonnegative) for v in row.values()):
-            raise OmpqValueError(f"group {g.name!r}: {what}s must be finite{' and >= 0' if nonnegative else ''}")
-        table.append(row)
-    return table
-
-
-def _latency_table(groups, allowed, latency) -> list[dict[int, float]]:
-    """The latency table: a finite cost >= 0 for each group's every allowed bit-width."""
-    return _per_bit_table(groups, allowed, latency, "latency table", "latency cost", nonnegative=True)
-
-
 def _value_table(groups, allowed, values) -> list[dict[int, float]]:
     """The objective table: a finite value for each group's every allowed bit-width."""
-    return _per_bit_table(groups, allowed, values, "values", "value", nonnegative=False)
+    return per_bit_table(groups, allowed, values, "values", "value", nonnegative=False)
 
 
 def _integer_values(table, weight_resolution):
@@ -239,10 +217,6 @@ def _objective(groups, bits) -> float:
     return math.fsum(float(g.weight) * b for g, b in zip(groups, bits))
 
 
-def _mib(size_bits) -> str:
-    return f"{size_bits / 8 / 2**20:.4g} MiB"
-
-
 def integer_weights(groups: Sequence[GroupSpec], weight_resolution: int) -> list[int]:
     """The weights CP-SAT sees: round(w / max(w) * weight_resolution); all 0 if max(w) is 0."""
     top = max(float(g.weight) for g in groups)
@@ -251,50 +225,36 @@ def integer_weights(groups: Sequence[GroupSpec], weight_resolution: int) -> list
     return [round(float(g.weight) / top * weight_resolution) for g in groups]
 
 
-def _scaled_latency(table, budget):
-    """Integer costs (rounded up) and budget (rounded down) on a common power-of-two scale."""
-    top = max([budget] + [c for row in table for c in row.values()])
-    scale = Fraction(2) ** (_LATENCY_SCALE_BITS - math.frexp(top)[1]) if top > 0 else Fraction(1)
-    costs = [{b: math.ceil(Fraction(c) * scale) for b, c in row.items()} for row in table]
-    return costs, math.floor(Fraction(budget) * scale)
+class _Costs:
+    """One constraint on this problem: its cost table, and the integers the CP-SAT model uses
+    (exact for integer costs; float costs scaled by a power of two, rounded up, the limit down)."""
 
+    def __init__(self, constraint: Constraint, groups, allowed):
+        self.constraint = constraint
+        self.table = constraint.costs(groups, allowed)
+        self.coefficients = constraint.coefficients(groups)
+        limit = constraint.limit - constraint.fixed_cost
+        if isinstance(limit, int) and all(isinstance(c, int) for row in self.table for c in row.values()):
+            self.int_table, self.int_limit = self.table, limit
+        else:
+            top = max([constraint.limit] + [c for row in self.table for c in row.values()])
+            scale = Fraction(2) ** (FLOAT_SCALE_BITS - math.frexp(top)[1]) if top > 0 else Fraction(1)
+            self.int_table = [{b: math.ceil(Fraction(c) * scale) for b, c in row.items()} for row in self.table]
+            self.int_limit = math.floor(Fraction(limit) * scale)
+            self.coefficients = None  # scaled: no longer exactly c_g * bits
 
-# ----------------------------------------------------------------------------------------------
-# Budgets that no allocation can meet, even alone
+    def of(self, bits):
+        """The plan's cost, fixed cost included (float costs summed exactly rounded)."""
+        values = [row[b] for row, b in zip(self.table, bits)]
+        if all(isinstance(v, int) for v in values):
+            return sum(values) + self.constraint.fixed_cost
+        return math.fsum(values + [self.constraint.fixed_cost])
 
-
-def _check_each_budget_alone(groups, allowed, other_bits, size_budget, bops_budget,
-                             table, latency_budget, int_latency):
-    lowest = [bits[0] for bits in allowed]
-    if size_budget is not None:
-        smallest = _size(groups, lowest, other_bits)
-        if smallest > size_budget:
-            raise InfeasibleBudgetError(
-                f"size budget {_mib(size_budget)} ({size_budget} bits) is below the smallest "
-                f"achievable size {_mib(smallest)} ({smallest} bits) with every layer at its "
-                "lowest allowed bits; raise the budget or allow fewer bits",
-                smallest=smallest,
-            )
-    if bops_budget is not None:
-        smallest = _bops(groups, lowest)
-        if smallest > bops_budget:
-            raise InfeasibleBudgetError(
-                f"BOPs budget {bops_budget:.4g} ({bops_budget} BOPs) is below the smallest "
-                f"achievable {smallest:.4g} BOPs ({smallest}) with every layer at its lowest "
-                "allowed bits; raise the budget, allow fewer bits or lower the activation bits",
-                smallest=smallest,
-            )
-    if latency_budget is not None:
-        smallest = math.fsum(min(row.values()) for row in table)
-        costs, budget = int_latency
-        if smallest > latency_budget or sum(min(row.values()) for row in costs) > budget:
-            raise InfeasibleBudgetError(
-                f"latency budget {latency_budget:.6g} is below the smallest achievable latency "
-                f"{smallest:.6g} (every layer at its fastest allowed bit-width, costs rounded up "
-                f"to 2**-{_LATENCY_SCALE_BITS} of the largest); raise the budget or allow "
-                "other bits",
-                smallest=smallest,
-            )
+    def check_alone(self):
+        """Raise the constraint's own error if no allocation meets it, even alone."""
+        smallest = self.of([min(row, key=row.get) for row in self.table])
+        if smallest > self.constraint.limit or sum(min(row.values()) for row in self.int_table) > self.int_limit:
+            raise self.constraint.infeasible(smallest)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,9 +262,9 @@ def _check_each_budget_alone(groups, allowed, other_bits, size_budget, bops_budg
 
 
 class _Model:
-    """The CP-SAT model: bit variables, budget constraints, and the expressions the stages use."""
+    """The CP-SAT model: bit variables, one constraint per budget, and the expressions the stages use."""
 
-    def __init__(self, groups, allowed, other_bits, size_budget, bops_budget, int_latency):
+    def __init__(self, groups, allowed, costs: list[_Costs]):
         from ortools.sat.python import cp_model
 
         self.cp_model = cp_model
@@ -318,26 +278,28 @@ class _Model:
         self.names = [g.name for g in groups]
         self.allowed = allowed
         self._chosen = None
+        # Stage 2 maximises the size used, whatever the budgets: it must fit 64-bit integers.
         self.size = cp_model.LinearExpr.weighted_sum(self.bits, self.params)
-        # Always checked: stage 2 maximises the size even when it has no budget.
-        self._add_at_most(self.size, math.inf if size_budget is None else size_budget - other_bits,
-                          self.params, allowed, "size")
-        if bops_budget is not None:
-            coef = [g.macs * g.act_bits for g in groups]
-            bops = cp_model.LinearExpr.weighted_sum(self.bits, coef)
-            self._add_at_most(bops, bops_budget, coef, allowed, "BOPs")
-        if int_latency is not None:
-            self._add_latency(groups, allowed, *int_latency)
+        self._check_fits(self.params, "size")
+        for c in costs:
+            self._add(c)
 
-    def _add_at_most(self, expr, limit, coef, allowed, what):
-        largest = sum(c * bits[-1] for c, bits in zip(coef, allowed))
+    def _check_fits(self, coef, what):
+        largest = sum(c * bits[-1] for c, bits in zip(coef, self.allowed))
         if largest > _INT64_SAFE:
             raise OmpqValueError(
                 f"the {what} of this model ({largest}) is too large for the solver's 64-bit "
                 "integers; express it in coarser units"
             )
-        if limit < largest:  # otherwise the budget cannot bind
-            self.model.add(expr <= limit)
+        return largest
+
+    def _add(self, c: _Costs):
+        if c.coefficients is not None:
+            expr = self.cp_model.LinearExpr.weighted_sum(self.bits, c.coefficients)
+            if c.int_limit < self._check_fits(c.coefficients, c.constraint.kind):  # else it cannot bind
+                self.model.add(expr <= c.int_limit)
+        else:
+            self.model.add(self.table_expr(c.int_table) <= c.int_limit)
 
     def chosen(self):
         """0/1 variables is[g, b], exactly one per group, with bits[g] = sum_b b * is[g, b]."""
@@ -358,9 +320,6 @@ class _Model:
             terms += row_vars
             coefs += [row[b] for b in bits]
         return self.cp_model.LinearExpr.weighted_sum(terms, coefs)
-
-    def _add_latency(self, groups, allowed, costs, budget):
-        self.model.add(self.table_expr(costs) <= budget)
 
     def run(self, seconds, *, lexicographic=False):
         """One CP-SAT solve, single worker and fixed seed; returns (status name, solver)."""
@@ -394,7 +353,7 @@ def _solve_stages(mdl, objective, int_objective, deadline):
     m = mdl.model
 
     m.maximize(objective)
-    for var, b in zip(mdl.bits, mdl.lowest):  # lowest bits meet the size and BOPs budgets
+    for var, b in zip(mdl.bits, mdl.lowest):  # a hint; lowest bits meet the size and BOPs budgets
         m.add_hint(var, b)
     status, solver = mdl.run(deadline - time.perf_counter())
     if status not in ("OPTIMAL", "FEASIBLE"):
@@ -426,18 +385,13 @@ def _solve_stages(mdl, objective, int_objective, deadline):
     return "OPTIMAL", bits, best
 
 
-def _no_solution_error(status, size_budget, bops_budget, latency_budget, time_limit_s):
+def _no_solution_error(status, constraints, time_limit_s):
     """The error for a solve that returned no allocation."""
     if status == "INFEASIBLE":  # each budget alone was checked before: only their combination
-        given = [f"{what} {value}" for what, value in (
-            ("size budget", None if size_budget is None else
-             f"{_mib(size_budget)} ({size_budget} bits)"),
-            ("BOPs budget", bops_budget),
-            ("latency budget", latency_budget),
-        ) if value is not None]
+        given = " and the ".join(c.describe() for c in constraints)
         return InfeasibleBudgetError(
-            f"no allocation meets the {' and the '.join(given)} together, although each "
-            "alone can be met; raise one of them or allow fewer bits"
+            f"no allocation meets the {given} together, although each alone can be met; "
+            "raise one of them or allow fewer bits"
         )
     if status == "UNKNOWN":
         return OmpqError(
@@ -469,60 +423,66 @@ def _float_value_bound(table, ints, scale, mins, int_bound):
     return (int_bound + slack) / scale + math.fsum(mins)
 
 
-def _verify(groups, allowed, bits, other_bits, size_budget, bops_budget, table, latency_budget):
-    """Exact check of the returned plan; a failure here is a bug, never a user error."""
+def _verify(groups, allowed, bits, costs: list[_Costs]) -> dict[str, float]:
+    """Exact check of the returned plan against every constraint; a failure is a bug, never a user error.
+    Returns each constraint's cost."""
     problems = [g.name for g, b, ok in zip(groups, bits, allowed) if b not in ok]
-    size = _size(groups, bits, other_bits)
-    if size_budget is not None and size > size_budget:
-        problems.append(f"size {size} > {size_budget}")
-    bops = _bops(groups, bits)
-    if bops_budget is not None and bops > bops_budget:
-        problems.append(f"BOPs {bops} > {bops_budget}")
-    lat = None if table is None else math.fsum(row[b] for row, b in zip(table, bits))
-    if latency_budget is not None and lat > latency_budget:
-        problems.append(f"latency {lat!r} > {latency_budget!r}")
+    spent = {}
+    for c in costs:
+        spent[c.constraint.kind] = value = c.of(bits)
+        if value > c.constraint.limit:
+            problems.append(f"{c.constraint.kind} {value!r} > {c.constraint.limit!r}")
     if problems:
         raise OmpqError(f"internal error: the solver returned a plan that breaks {problems}")
-    return size, bops, lat
+    return spent
 
 
 def solve(
     groups: Sequence[GroupSpec],
+    constraints: Sequence[Constraint] = (),
     *,
-    size_budget_bits: int | None = None,
+    values: Sequence[Mapping[int, float]] | None = None,
     other_bits: int = 0,
+    size_budget_bits: int | None = None,
     bops_budget: int | None = None,
     latency: Sequence[Mapping[int, float]] | None = None,
     latency_budget: float | None = None,
-    values: Sequence[Mapping[int, float]] | None = None,
     time_limit_s: float = 30.0,
     weight_resolution: int = 10**7,
 ) -> Allocation:
-    """Exact bit allocation: maximise sum_g weight_g * bits_g under every given budget.
+    """Exact bit allocation: maximise sum_g weight_g * bits_g under every constraint.
+
+    ``constraints``: the budgets, one ``ompq_ext.constraints.Constraint`` per kind (size, BOPs,
+    latency, or your own). The keywords ``size_budget_bits`` (counting ``other_bits`` too),
+    ``bops_budget`` and ``latency`` + ``latency_budget`` (one mapping bit-width -> cost per
+    group) are shorthands for the first three. At least one budget is required.
 
     ``values``: one mapping bit-width -> value per group (finite, any sign); the objective is
     then sum_g values[g][bits_g] and the groups' weights are ignored. A cost to minimise (a
     sensitivity, a loss increase) is given as its negative.
 
-    ``size_budget_bits`` counts ``other_bits`` (parameters outside the groups) too. ``latency``
-    is one mapping bit-width -> cost per group; ``latency_budget`` bounds their sum. At least
-    one budget is required. Raises ``InfeasibleBudgetError`` when no allocation meets the
+    ``other_bits``: bits of the parameters outside the groups, counted in the reported
+    ``size_bits`` (and in the ``size_budget_bits`` shorthand). A ``latency`` table without a
+    budget is only reported. Raises ``InfeasibleBudgetError`` when no allocation meets the
     budgets, ``OmpqError`` when no allocation was found within ``time_limit_s``.
     See the module docstring for the model, the weight resolution and determinism.
     """
     start = time.perf_counter()
     allowed = _validate_groups(groups)
-    size_budget, bops_budget, latency_budget, other_bits = _validate_budgets(
-        size_budget_bits, bops_budget, latency, latency_budget, other_bits)
+    other_bits = check_limit(other_bits, "other_bits")
+    constraints = _validate_constraints(
+        list(constraints) + _keyword_constraints(size_budget_bits, bops_budget, latency, latency_budget, other_bits))
     weight_resolution = _validate_options(time_limit_s, weight_resolution, len(groups))
-    table = None if latency is None else _latency_table(groups, allowed, latency)
-    int_latency = None if latency_budget is None else _scaled_latency(table, latency_budget)
-    _check_each_budget_alone(groups, allowed, other_bits, size_budget, bops_budget,
-                             table, latency_budget, int_latency)
+    costs = [_Costs(c, groups, allowed) for c in constraints]
+    report_latency = None
+    if latency is not None and latency_budget is None:
+        report_latency = _Costs(LatencyConstraint(latency, 0.0), groups, allowed)
+    for c in costs:
+        c.check_alone()
 
     value_table = None if values is None else _value_table(groups, allowed, values)
 
-    mdl = _Model(groups, allowed, other_bits, size_budget, bops_budget, int_latency)
+    mdl = _Model(groups, allowed, costs)
     if value_table is None:
         weights = integer_weights(groups, weight_resolution)
         expr = mdl.cp_model.LinearExpr.weighted_sum(mdl.bits, weights)
@@ -534,10 +494,9 @@ def solve(
             mdl, mdl.table_expr(ints), lambda bits: sum(row[b] for row, b in zip(ints, bits)),
             start + time_limit_s)
     if bits is None:
-        raise _no_solution_error(status, size_budget, bops_budget, latency_budget, time_limit_s)
+        raise _no_solution_error(status, constraints, time_limit_s)
 
-    size, bops, lat = _verify(groups, allowed, bits, other_bits, size_budget, bops_budget,
-                              table, latency_budget)
+    spent = _verify(groups, allowed, bits, costs)
     if value_table is None:
         objective = _objective(groups, bits)
     else:
@@ -551,9 +510,10 @@ def solve(
             int_to_float = _float_value_bound(value_table, ints, scale, mins, int_bound)
         bound = max(objective, int_to_float)
         gap = (bound - objective) / max(abs(bound), 1e-12)
+    lat = spent.get("latency", None if report_latency is None else report_latency.of(bits))
     return Allocation(bits=bits, status=status, objective=objective, bound=bound, gap=gap,
-                      size_bits=size, bops=bops, latency=lat,
-                      solve_time_s=time.perf_counter() - start)
+                      size_bits=_size(groups, bits, other_bits), bops=_bops(groups, bits), latency=lat,
+                      solve_time_s=time.perf_counter() - start, costs=spent)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -598,13 +558,13 @@ def solve_relaxed(
 
     start = time.perf_counter()
     allowed = _validate_groups(groups)
-    budget = _check_budget(size_budget_bits, "size_budget_bits")
-    other_bits = _check_budget(other_bits, "other_bits")
-    if budget is None:
+    if size_budget_bits is None:
         raise OmpqValueError("solve_relaxed needs size_budget_bits")
+    budget = check_limit(size_budget_bits, "size_budget_bits")
+    other_bits = check_limit(other_bits, "other_bits")
     if rounding not in ("nearest", "floor_ceil"):
         raise OmpqValueError(f"rounding must be 'nearest' or 'floor_ceil', got {rounding!r}")
-    _check_each_budget_alone(groups, allowed, other_bits, budget, None, None, None, None)
+    _Costs(SizeConstraint(budget, other_bits), groups, allowed).check_alone()
 
     w = np.array([float(g.weight) for g in groups])
     params = np.array([float(g.params) for g in groups])

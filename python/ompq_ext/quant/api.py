@@ -1,44 +1,38 @@
-"""``quantize(model, plan, calib=...)``: a fake-quant copy of a model at a plan's bits, and
+"""``quantize(model, plan, calib, config)``: a fake-quant copy of a model at a plan's bits, and
 ``quant_report(qmodel)``: its real size and BOPs.
 
 Every planned layer is replaced, at its qualified name, by a ``QuantLayer`` that keeps the
 float weight and fake-quantizes it per output channel at the planned bits (and its input per
 tensor at the activation bits). Input quantizers are calibrated by one forward pass over
-``num_calib`` samples; ``method="adaround"`` / ``"brecq"`` then learns the rounding on the
-same samples (``quant/reconstruct.py``). The result trains with ordinary PyTorch loops (QAT):
+``num_calib`` samples; ``AdaRoundConfig`` / ``BRECQConfig`` (``configs.py``) then learn the
+rounding on the same samples (``quant/reconstruct.py``). The result trains with ordinary PyTorch loops (QAT):
 gradients reach the float weights (straight-through) and the quantizer scales (LSQ).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import OmpqError, OmpqTypeError, OmpqValueError, check_choice
-from ..features import call_model, gather_samples, untouched
-from .modules import ACT_METHODS, SCALE_METHODS, QuantLayer
+from ..errors import OmpqError, OmpqTypeError, OmpqValueError
+from ..guard import lent, untouched
+from ..inputs import call_model, gather_samples
+from ..progress import progress_bar, show_progress
+from ..record import Plan
+from .configs import CONFIGS, RTNConfig, as_config, make_config
+from .modules import QuantLayer, quant_layers
 
-METHODS = ("rtn", "adaround", "brecq")
+METHODS = tuple(CONFIGS)
 RECONSTRUCTION_METHODS = ("adaround", "brecq")
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _show_progress(progress) -> bool:
-    if progress is None:
-        return sys.stderr.isatty()
-    return bool(progress)
-
-
 def _as_plan(plan):
-    from ..plan import Plan
-
     if isinstance(plan, Plan):
         return plan
     if isinstance(plan, (str, Path)):
@@ -51,7 +45,7 @@ def _as_plan(plan):
 def _resolve_act_bits(act_bits, plan) -> int | None:
     """None -> the plan's activation bits; 0 / False -> weights only. 32 bits means float activations."""
     if act_bits is None:
-        act_bits = plan.settings.get("act_bits", 8)
+        act_bits = plan.settings.act_bits
         where = "the plan's settings['act_bits']"
     else:
         where = "act_bits"
@@ -67,14 +61,7 @@ def _resolve_act_bits(act_bits, plan) -> int | None:
 
 
 def _gather(calib, num_calib, input_fn):
-    """gather_samples, with its messages in this function's argument names."""
-    if isinstance(num_calib, bool) or not isinstance(num_calib, int) or num_calib < 2:
-        raise OmpqValueError(f"num_calib must be an integer >= 2, got {num_calib!r}")
-    try:
-        return gather_samples(calib, num_calib, input_fn)
-    except OmpqError as e:
-        message = str(e).replace("num_samples", "num_calib").replace("loader", "calib")
-        raise type(e)(message) from None
+    return gather_samples(calib, num_calib, input_fn, loader_name="calib", count_name="num_calib")
 
 
 def _occurrences(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
@@ -88,39 +75,14 @@ def _occurrences(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     return out
 
 
-def _quant_layers(model: nn.Module) -> list[tuple[str, QuantLayer]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLayer)]
-
-
-@contextlib.contextmanager
-def _guarded(model: nn.Module):
-    """The float model lent to reconstruction: buffers, train/eval flags, requires_grad and
-    hooks come back as they were."""
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    hooks = [(m, dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks))
-             for m in model.modules()]
-    with untouched(model):
-        try:
-            yield model
-        finally:
-            for p, flag in grads:
-                p.requires_grad_(flag)
-            for m, fwd, pre, bwd in hooks:
-                for store, saved in ((m._forward_hooks, fwd), (m._forward_pre_hooks, pre), (m._backward_hooks, bwd)):
-                    for key in [k for k in store if k not in saved]:
-                        del store[key]
-
-
 # ---------------------------------------------------------------- calibration
 
 
 def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
     """One forward pass with every input quantizer observing, then each picks its range."""
-    layers = [(name, ql) for name, ql in _quant_layers(qmodel) if ql.input_quantizer is not None]
+    layers = [(name, ql) for name, ql in quant_layers(qmodel) if ql.input_quantizer is not None]
     if not layers:
         return
-    from tqdm.auto import tqdm
-
     seen: set[int] = set()
     handles = []
 
@@ -129,8 +91,7 @@ def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
             seen.add(id(module))
             bar.update(1)
 
-    with tqdm(total=2 * len(layers), desc="ompq: calibration", unit="layer", disable=not show,
-              file=sys.stderr, leave=False) as bar:
+    with progress_bar(2 * len(layers), "ompq: calibration", "layer", show) as bar:
         with untouched(qmodel), torch.no_grad():
             try:
                 for _, ql in layers:
@@ -169,12 +130,12 @@ def calibrate(qmodel: nn.Module, calib, num_calib: int = 256, *, input_fn=None, 
     statistics) and train/eval flags are left as they were. Returns ``qmodel``."""
     if not isinstance(qmodel, nn.Module):
         raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
-    if not _quant_layers(qmodel):
+    if not quant_layers(qmodel):
         raise OmpqValueError("the model has no quantized layers; make it with ompq_ext.quantize(model, plan, ...)")
     if calib is None:
         raise OmpqValueError("calibrate needs calib data: a DataLoader, a list of batches or a tensor of inputs")
     args, kwargs = _gather(calib, num_calib, input_fn)
-    _calibrate_on(qmodel, args, kwargs, _show_progress(progress))
+    _calibrate_on(qmodel, args, kwargs, show_progress(progress))
     return qmodel
 
 
@@ -185,15 +146,17 @@ def quantize(
     model: nn.Module,
     plan,
     calib=None,
+    config: RTNConfig | None = None,
     *,
-    method: str = "rtn",
-    weight_scale: str = "mse",
+    method: str | None = None,
+    weight_scale: str | None = None,
     act_bits: int | None = None,
-    act_calib: str = "mse",
-    num_calib: int = 256,
+    act_calib: str | None = None,
+    num_calib: int | None = None,
     input_fn=None,
     inplace: bool = False,
     progress: bool | None = None,
+    records: list | None = None,
     **reconstruction_options,
 ) -> nn.Module:
     """A fake-quantized copy of ``model`` at the bits of ``plan``, calibrated on ``calib``.
@@ -203,43 +166,46 @@ def quantize(
     calib: a DataLoader, a list of batches or a tensor; ``num_calib`` samples are drawn and run
         through the model together (``input_fn`` turns a batch into model inputs). Needed when
         activations are quantized and for reconstruction.
+    config: the recipe, ``RTNConfig`` (the default), ``AdaRoundConfig`` or ``BRECQConfig``
+        (``ompq_ext.quant.configs``). Or give it as keywords, a shorthand for the same configs:
     method: "rtn" (round to nearest), or "adaround" / "brecq" (learned rounding, layer-wise or
-        block-wise; ``reconstruction_options`` such as ``iters=`` and ``reg_weight=`` go to
-        ``ompq_ext.quant.reconstruct.reconstruct``).
-    weight_scale: "minmax" or "mse" per-output-channel scales for the symmetric weight grid.
+        block-wise; ``reconstruction_options`` such as ``iters=`` and ``reg_weight=`` are the
+        fields of AdaRoundConfig / BRECQConfig, passed to ``ompq_ext.quant.reconstruct.reconstruct``).
+    weight_scale: "minmax" or "mse" (default) per-output-channel scales for the symmetric weight grid.
     act_bits: activation bits, default the plan's (8); 0 or False quantizes weights only.
-    act_calib: "minmax", "percentile" or "mse" range for the per-tensor input quantizers; inputs
-        that are never negative (after a ReLU) get the unsigned grid.
+    act_calib: "minmax", "percentile" or "mse" (default) range for the per-tensor input quantizers;
+        inputs that are never negative (after a ReLU) get the unsigned grid. num_calib: default 256.
     inplace: modify and return ``model`` itself instead of a copy (if this raises part way, the
         model may be left partly quantized). Otherwise ``model`` is left exactly as it was.
+    records: a list that reconstruction appends one dict per layer/block to (errors before and after).
 
     The result is in eval mode. Call ``quant_report`` on it for its size and BOPs.
     """
     if not isinstance(model, nn.Module):
         raise OmpqTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_choice("method", method, METHODS)
-    check_choice("weight_scale", weight_scale, SCALE_METHODS)
-    check_choice("act_calib", act_calib, ACT_METHODS)
-    if reconstruction_options and method not in RECONSTRUCTION_METHODS:
-        raise OmpqValueError(
-            f"{', '.join(sorted(reconstruction_options))}: unknown argument(s) for method={method!r}; "
-            f"reconstruction options apply to method='adaround' or 'brecq'"
-        )
+    keywords = {k: v for k, v in dict(weight_scale=weight_scale, act_bits=act_bits, act_calib=act_calib,
+                                      num_calib=num_calib, **reconstruction_options).items() if v is not None}
+    if config is None:
+        config = make_config(method or "rtn", **keywords)
+    elif method is not None or keywords:
+        raise OmpqValueError("give the recipe either as config=... or as keywords (method=, act_bits=, ...), "
+                             "not both")
+    config = as_config(config)
     plan = _as_plan(plan)
-    act = _resolve_act_bits(act_bits, plan)
-    reconstructing = method in RECONSTRUCTION_METHODS
+    act = _resolve_act_bits(config.act_bits, plan)
+    reconstructing = config.method in RECONSTRUCTION_METHODS
     if calib is None and (act is not None or reconstructing):
-        need = "activation calibration" if act is not None else f"method={method!r}"
+        need = "activation calibration" if act is not None else f"method={config.method!r}"
         raise OmpqValueError(
             f"{need} needs calibration data: pass calib= (a DataLoader, a list of batches or a tensor of "
-            f"inputs, {num_calib} samples)"
+            f"inputs, {config.num_calib} samples)"
             + (", or act_bits=0 to quantize the weights only" if act is not None and not reconstructing else "")
         )
     plan.check_model(model)
     if any(layer.name == "" for layer in plan.layers):
         raise OmpqValueError("the plan names the model itself as a layer; wrap the model in a container module")
-    show = _show_progress(progress)
-    inputs = _gather(calib, num_calib, input_fn) if (act is not None or reconstructing) else None
+    show = show_progress(progress)
+    inputs = _gather(calib, config.num_calib, input_fn) if (act is not None or reconstructing) else None
 
     if inplace:
         fp_model = copy.deepcopy(model) if reconstructing else None
@@ -261,8 +227,8 @@ def quantize(
     for layer in plan.layers:
         module = modules[layer.name]
         try:
-            ql = QuantLayer(module, layer.bits, act, weight_scale_method=weight_scale, act_method=act_calib,
-                            name=layer.name, macs=layer.macs)
+            ql = QuantLayer(module, layer.bits, act, weight_scale_method=config.weight_scale,
+                            act_method=config.act_calib, name=layer.name, macs=layer.macs)
         except OmpqError as e:
             raise type(e)(f"layer {layer.name!r}: {e}") from None
         wq = shared.setdefault(id(module.weight), ql.weight_quantizer)
@@ -285,10 +251,11 @@ def quantize(
         try:
             from .reconstruct import reconstruct
         except ImportError as e:
-            raise OmpqError(f"method={method!r} needs ompq_ext.quant.reconstruct, which failed to import: {e}") from e
-        with _guarded(fp_model):
+            raise OmpqError(f"method={config.method!r} needs ompq_ext.quant.reconstruct, which failed to import: {e}") from e
+        with lent(fp_model):
             fp_model.eval()
-            reconstruct(qmodel, fp_model, inputs, method=method, progress=show, **reconstruction_options)
+            reconstruct(qmodel, fp_model, inputs, method=config.method, progress=show, records=records,
+                        **config.reconstruction_options())
         qmodel.eval()
     return qmodel
 
@@ -317,7 +284,7 @@ def quant_report(qmodel: nn.Module) -> dict:
     """
     if not isinstance(qmodel, nn.Module):
         raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
-    qlayers = _quant_layers(qmodel)
+    qlayers = quant_layers(qmodel)
     if not qlayers:
         raise OmpqValueError("the model has no quantized layers; make it with ompq_ext.quantize(model, plan, ...)")
     weight_bits: dict[int, int] = {}

@@ -180,3 +180,12 @@ class QuantLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.name!r}, W{self.weight_bits}A{self.act_bits or 'float'}"
+
+
+def quant_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, QuantLayer]]:
+    """Every QuantLayer inside ``module`` with its qualified name (``prefix``: the module's own name)."""
+    out = []
+    for name, m in module.named_modules():
+        if isinstance(m, QuantLayer):
+            out.append((f"{prefix}.{name}" if prefix and name else (prefix or name), m))
+    return out

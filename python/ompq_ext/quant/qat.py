@@ -8,14 +8,15 @@ a loop; docs/QAT.md shows the loop written out by hand.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from ..errors import OmpqTypeError, OmpqValueError
-from .modules import QuantLayer
+from ..inputs import as_call
+from ..progress import progress_bar
+from .modules import quant_layers
 
 __all__ = ["finetune", "quantizer_parameters"]
 
@@ -25,15 +26,14 @@ _MIN_SCALE = 1e-8  # scales are kept positive (the fake-quant ops reject scale <
 def quantizer_parameters(qmodel: nn.Module) -> list[nn.Parameter]:
     """The quantizers' own parameters (weight and activation scales) of every QuantLayer, each once."""
     seen, out = set(), []
-    for m in qmodel.modules():
-        if isinstance(m, QuantLayer):
-            for q in (m.weight_quantizer, m.input_quantizer):
-                if q is None:
-                    continue
-                for p in q.parameters():
-                    if id(p) not in seen:
-                        seen.add(id(p))
-                        out.append(p)
+    for _, m in quant_layers(qmodel):
+        for q in (m.weight_quantizer, m.input_quantizer):
+            if q is None:
+                continue
+            for p in q.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
     return out
 
 
@@ -41,14 +41,6 @@ def _split_batch(batch):
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     raise OmpqTypeError("finetune: each batch must be (inputs, target); pass input_fn=... to unpack other batches")
-
-
-def _call(model, x):
-    if isinstance(x, dict):
-        return model(**x)
-    if isinstance(x, (tuple, list)):
-        return model(*x)
-    return model(x)
 
 
 def _batches(loader) -> Iterable:
@@ -107,7 +99,7 @@ def finetune(
         raise OmpqValueError("finetune: lr and scale_lr must be >= 0")
     if optimizer not in ("adam", "sgd"):
         raise OmpqValueError(f"finetune: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    if not any(isinstance(m, QuantLayer) for m in qmodel.modules()):
+    if not quant_layers(qmodel):
         raise OmpqValueError("finetune: the model has no QuantLayer; quantize it first (ompq_ext.quantize)")
 
     scales = [p for p in quantizer_parameters(qmodel) if p.requires_grad]
@@ -127,14 +119,12 @@ def finetune(
         qmodel.train()
     unpack = input_fn or _split_batch
     history: list[float] = []
-    from tqdm.auto import tqdm
-
-    show = sys.stderr.isatty() if progress is None else bool(progress)
     try:
-        with tqdm(total=steps, desc="ompq: QAT", unit="step", disable=not show, dynamic_ncols=True) as bar:
+        with progress_bar(steps, "ompq: QAT", "step", progress, leave=True) as bar:
             for _, batch in zip(range(steps), _batches(loader)):
                 x, y = unpack(batch)
-                loss = loss_fn(_call(qmodel, x), y)
+                args, kwargs = as_call(x, "the batch's inputs")
+                loss = loss_fn(qmodel(*args, **kwargs), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

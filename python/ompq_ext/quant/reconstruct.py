@@ -28,17 +28,17 @@ float model passed in is untouched).
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import OmpqTypeError, OmpqValueError
-from .modules import QuantLayer, WeightQuantizer
+from ..inputs import join_samples, map_tensors, select_samples, tensors
+from ..progress import progress_bar
+from .modules import QuantLayer, WeightQuantizer, quant_layers
 from .ops import quant_range
 
 __all__ = ["METHODS", "AdaRoundQuantizer", "find_blocks", "reconstruct"]
@@ -118,53 +118,8 @@ def beta_schedule(step: int, iters: int, warmup: float, beta_range=(20.0, 2.0)) 
 # --------------------------------------------------------------------------- nested inputs
 
 
-def _map(obj, fn):
-    if isinstance(obj, Tensor):
-        return fn(obj)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(_map(o, fn) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_map(o, fn) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _map(v, fn) for k, v in obj.items()}
-    return obj
-
-
-def _leaves(obj) -> Iterable[Tensor]:
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for o in obj:
-            yield from _leaves(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _leaves(o)
-
-
-def _take(obj, idx, n: int):
-    """Rows ``idx`` of every tensor whose first dimension is the sample count ``n``."""
-    return _map(obj, lambda t: t[idx] if t.dim() > 0 and t.shape[0] == n else t)
-
-
-def _cat(parts: list, sizes: list[int]):
-    """Join per-chunk captures along dim 0 (tensors whose first dim is the chunk size)."""
-    first = parts[0]
-    if isinstance(first, Tensor):
-        if first.dim() > 0 and all(isinstance(p, Tensor) and p.dim() > 0 and p.shape[0] == n
-                                   for p, n in zip(parts, sizes)):
-            return torch.cat(parts)
-        return first
-    if isinstance(first, tuple) and hasattr(first, "_fields"):
-        return type(first)(*(_cat([p[i] for p in parts], sizes) for i in range(len(first))))
-    if isinstance(first, (tuple, list)):
-        return type(first)(_cat([p[i] for p in parts], sizes) for i in range(len(first)))
-    if isinstance(first, dict):
-        return {k: _cat([p[k] for p in parts], sizes) for k in first}
-    return first
-
-
 def _detach_clone(obj):
-    return _map(obj, lambda t: t.detach().clone())
+    return map_tensors(obj, lambda t: t.detach().clone())
 
 
 def _normalise_inputs(inputs) -> tuple[tuple, dict, int]:
@@ -175,7 +130,7 @@ def _normalise_inputs(inputs) -> tuple[tuple, dict, int]:
         raise OmpqTypeError("reconstruct: inputs must be (args, kwargs) of one model call over the calibration "
                             "samples (dim 0 = samples), or a single tensor")
     args, kwargs = tuple(inputs[0]), dict(inputs[1])
-    leaves = [t for t in _leaves((args, kwargs)) if t.dim() > 0]
+    leaves = [t for t in tensors((args, kwargs)) if t.dim() > 0]
     if not leaves:
         raise OmpqValueError("reconstruct: the calibration inputs hold no tensor with a sample dimension")
     return args, kwargs, leaves[0].shape[0]
@@ -207,17 +162,8 @@ def find_blocks(model: nn.Module) -> list[str]:
     return blocks
 
 
-def _quant_layers(module: nn.Module, prefix: str) -> list[tuple[str, QuantLayer]]:
-    out = []
-    for name, m in module.named_modules():
-        if isinstance(m, QuantLayer):
-            full = f"{prefix}.{name}" if prefix and name else (prefix or name)
-            out.append((full, m))
-    return out
-
-
 def _units(qmodel: nn.Module, method: str, blocks) -> list[str]:
-    layers = [name for name, _ in _quant_layers(qmodel, "")]
+    layers = [name for name, _ in quant_layers(qmodel, "")]
     if not layers:
         raise OmpqValueError("reconstruct: the model has no QuantLayer; quantize it first "
                              "(ompq_ext.quantize) or wrap layers in QuantLayer")
@@ -238,7 +184,7 @@ def _units(qmodel: nn.Module, method: str, blocks) -> list[str]:
             module = qmodel.get_submodule(b)
         except AttributeError:
             raise OmpqValueError(f"reconstruct: block {b!r} is not a submodule of the model") from None
-        inside = _quant_layers(module, b)
+        inside = quant_layers(module, b)
         if not inside:
             raise OmpqValueError(f"reconstruct: block {b!r} holds no QuantLayer")
         for lname, _ in inside:
@@ -251,7 +197,7 @@ def _units(qmodel: nn.Module, method: str, blocks) -> list[str]:
 
 def _tied_layers(qmodel: nn.Module) -> set[str]:
     """QuantLayers whose weight or weight quantizer is shared with another QuantLayer."""
-    layers = _quant_layers(qmodel, "")
+    layers = quant_layers(qmodel, "")
     uses: dict[int, int] = {}
     for _, ql in layers:
         for key in {id(ql.layer.weight), id(ql.weight_quantizer)}:
@@ -306,7 +252,7 @@ def _capture(model: nn.Module, name: str, args, kwargs, n: int, chunk: int, want
         h1 = module.register_forward_pre_hook(pre, with_kwargs=True)
         h2 = module.register_forward_hook(post, with_kwargs=True)
         try:
-            model(*_take(args, idx, n), **_take(kwargs, idx, n))
+            model(*select_samples(args, idx, n), **select_samples(kwargs, idx, n))
         except _Stop:
             pass
         finally:
@@ -316,13 +262,13 @@ def _capture(model: nn.Module, name: str, args, kwargs, n: int, chunk: int, want
             raise OmpqValueError(f"reconstruct: module {name!r} did not run in the forward pass")
         parts.append(box["value"])
         sizes.append(len(idx))
-    return _cat(parts, sizes)
+    return join_samples(parts, sizes)
 
 
 def _rec_loss(out, target) -> Tensor:
     """BRECQ's reconstruction loss: squared error summed over dim 1 (channels/features), mean over the rest."""
     total = 0.0
-    for o, t in zip(_leaves(out), _leaves(target)):
+    for o, t in zip(tensors(out), tensors(target)):
         d = (o.float() - t.float()).square()
         total = total + (d.sum(1).mean() if d.dim() > 1 else d.mean())
     return total
@@ -330,7 +276,7 @@ def _rec_loss(out, target) -> Tensor:
 
 def _mse(out, target) -> float:
     total = 0.0
-    for o, t in zip(_leaves(out), _leaves(target)):
+    for o, t in zip(tensors(out), tensors(target)):
         total += (o.float() - t.float()).square().mean().item()
     return total
 
@@ -341,16 +287,12 @@ def _unit_mse(module, inp, target, n: int, chunk: int) -> float:
     sq = 0.0
     for start in range(0, n, chunk):
         idx = torch.arange(start, min(start + chunk, n))
-        a, kw = _take(inp, idx, n)
-        sq += _mse(module(*a, **kw), _take(target, idx, n)) * len(idx)
+        a, kw = select_samples(inp, idx, n)
+        sq += _mse(module(*a, **kw), select_samples(target, idx, n)) * len(idx)
     return sq / n
 
 
 # --------------------------------------------------------------------------- reconstruct
-
-
-def _show(progress) -> bool:
-    return sys.stderr.isatty() if progress is None else bool(progress)
 
 
 def reconstruct(
@@ -429,7 +371,7 @@ def reconstruct(
     fp_model.eval()
     try:
         probe = torch.arange(min(n, batch_size))
-        order, counts = _call_order(qmodel, units, _take(args, probe, n), _take(kwargs, probe, n))
+        order, counts = _call_order(qmodel, units, select_samples(args, probe, n), select_samples(kwargs, probe, n))
         for u in units:
             if counts[u] == 0:
                 warnings.warn(f"reconstruct: {u!r} does not run in the forward pass; left at round-to-nearest",
@@ -442,10 +384,7 @@ def reconstruct(
         if tied:
             warnings.warn(f"reconstruct: {', '.join(sorted(tied))} share weights or weight quantizers with other "
                           f"layers; left at round-to-nearest", stacklevel=2)
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(order) * iters, desc=f"ompq: {method}", unit="step", disable=not _show(progress),
-                  dynamic_ncols=True) as bar:
+        with progress_bar(len(order) * iters, f"ompq: {method}", "step", progress, leave=True) as bar:
             for u in order:
                 rec = _reconstruct_unit(qmodel, fp_model, u, args, kwargs, n, iters=iters, reg_weight=reg_weight,
                                         batch_size=batch_size, lr=lr, warmup=warmup, beta_range=beta_range,
@@ -461,7 +400,7 @@ def _reconstruct_unit(qmodel, fp_model, name, args, kwargs, n, *, iters, reg_wei
                       beta_range, chunk, keep_best, bar, skip) -> dict:
     t0 = time.perf_counter()
     module = qmodel.get_submodule(name)
-    layers = [(ln, ql) for ln, ql in _quant_layers(module, name) if ln not in skip]
+    layers = [(ln, ql) for ln, ql in quant_layers(module, name) if ln not in skip]
     if not layers:
         bar.update(iters)
         return {"name": name, "layers": [], "mse_before": math.nan, "mse_after": math.nan, "kept": "skipped",
@@ -488,8 +427,8 @@ def _reconstruct_unit(qmodel, fp_model, name, args, kwargs, n, *, iters, reg_wei
         opt = torch.optim.Adam(params, lr=lr)
         for step in range(iters):
             idx = torch.randperm(n)[:batch_size]
-            a, kw = _take(inp, idx, n)
-            loss = _rec_loss(module(*a, **kw), _take(target, idx, n))
+            a, kw = select_samples(inp, idx, n)
+            loss = _rec_loss(module(*a, **kw), select_samples(target, idx, n))
             beta = beta_schedule(step, iters, warmup, beta_range)
             if beta is not None and reg_weight > 0:
                 loss = loss + reg_weight * sum(q.regularizer(beta) for q in quantizers)

@@ -1,0 +1,63 @@
+"""The interface every allocator implements: score the planned layers for the exact solver.
+
+An allocator sees the model, the planning samples and the planned layers (after the one feature
+pass that found them) and returns ``Scores``: either one weight per layer (the solver maximises
+sum_i weight_i * bits_i, as OMPQ's objective) or one value per layer and bit-width (it maximises
+sum_i value_i(bits_i); a sensitivity to minimise is given as its negative). Layers that share
+bits are scored as the sum of their layers. Everything an allocator needs from the feature pass
+it asks for through ``collectors``, which the pass feeds while the forward runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from ..layers import Layer
+
+
+@dataclass
+class Scores:
+    """An allocator's verdict on the planned layers, by layer name."""
+
+    weights: dict[str, float] | None = None  # objective weight per layer (finite, >= 0)
+    values: dict[str, dict[int, float]] | None = None  # objective value per layer and bit-width
+    # Recorded in the plan where the method measures them (OMPQ's orthogonality):
+    gamma: dict[str, float] | None = None
+    log_theta: dict[str, float] | None = None
+    orm: np.ndarray | None = None  # L x L, planned layers in execution order
+
+
+@dataclass
+class ScoringInput:
+    """What an allocator may look at when it scores."""
+
+    model: nn.Module
+    samples: tuple  # (args, kwargs) of one model call over the N planning samples
+    layers: list[Layer]  # the planned layers, in the order the feature pass ran them
+    indices: list[int]  # their positions in the list of layers handed to ``collectors``
+    bits: tuple[int, ...]  # the bit-widths the free layers choose from
+    collectors: list = field(default_factory=list)  # what ``collectors`` returned, after the pass
+
+
+class Allocator(ABC):
+    """Turns a model and its planning samples into scores for the exact solver."""
+
+    name: str = ""  # recorded as the plan's method
+    feature_point: str = "output"  # which tensor the collectors get: each layer's "output" or the next "activation"'s
+
+    def collectors(self, layers: list[Layer], num_samples: int) -> list:
+        """Objects with ``add(i, features, source)`` and ``finish()``, fed by the feature pass with the
+        features of ``layers[i]``; none by default."""
+        return []
+
+    @abstractmethod
+    def scores(self, data: ScoringInput) -> Scores:
+        """Score the planned layers."""
+
+    def settings(self) -> dict:
+        """The method's settings, recorded in the plan (JSON-serialisable)."""
+        return {}

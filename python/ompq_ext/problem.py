@@ -1,0 +1,186 @@
+"""The allocation problem: the planned layers in groups that share bits, each group's allowed
+bit-widths, and one constraint per budget; then the exact solve of an allocator's scores on it.
+
+Two steps, because the user's options are checked before the feature pass (a typo should not
+cost a forward pass) while the groups and their MACs are known only after it:
+``check_options`` -> ``build_problem`` -> ``solve_problem``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from .allocators import Scores
+from .budget import Budget, parse_budgets
+from .constraints import Constraint, LatencyConstraint
+from .errors import OmpqTypeError, OmpqValueError
+from .layers import Layer, LayerGroup, count_parameters, group_layers
+from .solver import Allocation, GroupSpec, solve
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass
+class Options:
+    """The checked options that shape the problem."""
+
+    bits: tuple[int, ...] | None  # the bit choices; None: a window around the budget
+    act_bits: int
+    fixed: dict[str, int]  # layer name -> fixed bits, patterns resolved
+    budgets: list  # Budgets and Constraints, in the user's order (a latency table last)
+
+
+def check_options(layers: list[Layer], *, budget, bits, act_bits, fixed_bits, latency_table,
+                  latency_budget) -> Options:
+    if isinstance(act_bits, bool) or not isinstance(act_bits, int) or not 1 <= act_bits <= 32:
+        raise OmpqValueError(f"act_bits must be an integer in 1..32, got {act_bits!r}")
+    if (latency_table is None) != (latency_budget is None):
+        raise OmpqValueError("latency_table and latency_budget go together: give both or neither")
+    budgets = parse_budgets(budget)
+    if latency_table is not None:
+        budgets.append(LatencyConstraint(latency_table, latency_budget))
+    return Options(bits=None if bits is None else _bit_set(bits), act_bits=act_bits,
+                   fixed=_fixed_bits_for([x.name for x in layers], fixed_bits), budgets=budgets)
+
+
+def _bit_set(bits) -> tuple[int, ...]:
+    if isinstance(bits, (str, bytes)) or not hasattr(bits, "__iter__"):
+        raise OmpqTypeError(f"bits must be a collection of integers such as range(2, 9), got {bits!r}")
+    values = list(bits)
+    if not values:
+        raise OmpqValueError("bits is empty: give the bit-widths to choose from, e.g. bits=range(2, 9)")
+    for b in values:
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)):
+            raise OmpqTypeError(f"bits must hold integers, got {b!r}")
+    if min(values) < 1 or max(values) > 16:
+        raise OmpqValueError(f"bits must lie in 1..16, got {sorted(values)}")
+    return tuple(sorted(set(int(b) for b in values)))
+
+
+def _fixed_bits_for(layer_names, fixed_bits) -> dict[str, int]:
+    """Layer name -> fixed bits, from {name or glob pattern: bits}."""
+    if not fixed_bits:
+        return {}
+    if not isinstance(fixed_bits, dict):
+        raise OmpqTypeError("fixed_bits must be a dict {layer name or glob pattern: bits}, e.g. {'conv1': 8}")
+    out = {}
+    for pattern, b in fixed_bits.items():
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16:
+            raise OmpqValueError(f"fixed_bits[{pattern!r}] must be an integer in 1..16, got {b!r}")
+        hits = [n for n in layer_names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise OmpqValueError(f"fixed_bits pattern {pattern!r} matches no planned layer")
+        for n in hits:
+            if n in out and out[n] != b:
+                raise OmpqValueError(f"fixed_bits gives layer {n!r} both {out[n]} and {b} bits")
+            out[n] = b
+    return out
+
+
+# ---------------------------------------------------------------- the problem
+
+
+@dataclass
+class Problem:
+    """Groups of planned layers with their allowed bits (``specs``, weights still 0) and the constraints."""
+
+    groups: list[LayerGroup]
+    specs: list[GroupSpec]
+    constraints: list[Constraint]
+    budget_records: list[dict]
+    bits: tuple[int, ...]  # the choices of the groups without fixed bits
+    macs: dict[str, int]  # layer -> MACs per sample
+    total_params: int
+    planned_params: int
+    other_params: int
+
+
+def build_problem(model: nn.Module, planned: list[Layer], macs: dict[str, int], options: Options, ties) -> Problem:
+    groups = group_layers(planned, ties)
+    total_params = count_parameters(model)
+    planned_params = sum(g.params for g in groups)
+    other_params = total_params - planned_params
+    specs = []
+    for g in groups:
+        fixed_here = {options.fixed[n] for n in g.layers if n in options.fixed}
+        if len(fixed_here) > 1:
+            raise OmpqValueError(f"fixed_bits gives the tied layers of group {g.name!r} different bits {sorted(fixed_here)}")
+        specs.append(GroupSpec(name=g.name, params=g.params, macs=sum(macs[n] for n in g.layers), weight=0.0,
+                               bits=tuple(fixed_here), act_bits=options.act_bits, layers=tuple(g.layers)))
+    constraints, records = [], []
+    for item in options.budgets:
+        if isinstance(item, Budget):
+            c = item.constraint(planned_params=planned_params, other_params=other_params)
+            records.append({**item.to_json(), "description": item.describe(), "limit": c.limit})
+        else:
+            c = item
+            records.append(c.to_json())
+        constraints.append(c)
+    # Size before BOPs before the rest, as the solver has always built its model (the plan is the
+    # same in any order; only a search cut short by a time limit could tell them apart).
+    constraints.sort(key=lambda c: {"size": 0, "bops": 1}.get(c.kind, 2))
+    bits = options.bits or _bits_around(_free_averages(specs, constraints))
+    specs = [s if s.bits else dataclasses.replace(s, bits=bits) for s in specs]
+    return Problem(groups=groups, specs=specs, constraints=constraints, budget_records=records, bits=bits,
+                   macs=macs, total_params=total_params, planned_params=planned_params, other_params=other_params)
+
+
+def _free_averages(specs: list[GroupSpec], constraints: list[Constraint]) -> list[float]:
+    """Under each budget linear in the bits (size, BOPs): the average bits its coefficients allow
+    the groups without fixed bits, after the fixed ones and the fixed cost are paid."""
+    averages = []
+    for c in constraints:
+        coef = c.coefficients(specs)
+        if coef is None:
+            continue
+        free = sum(k for k, s in zip(coef, specs) if not s.bits)
+        if free:
+            spent = c.fixed_cost + sum(k * s.bits[0] for k, s in zip(coef, specs) if s.bits)
+            averages.append((c.limit - spent) / free)
+    return averages
+
+
+def _bits_around(averages) -> tuple[int, ...]:
+    """The default bit choices: the integers within one bit of the tightest budget's average
+    bits per free weight, inside 2..8. A linear objective over a wide range puts layers at
+    the extremes; a window around the budget keeps every layer usable after plain rounding."""
+    if not averages:
+        return tuple(range(2, 9))
+    avg = min(averages)
+    lo = min(max(math.floor(avg) - 1, 2), 7)
+    hi = max(min(math.ceil(avg) + 1, 8), lo + 1)
+    return tuple(range(lo, hi + 1))
+
+
+# ---------------------------------------------------------------- solve
+
+
+def solve_problem(problem: Problem, scores: Scores, time_limit_s: float) -> Allocation:
+    """The exact allocation of ``scores`` (summed over each group's layers) under every constraint."""
+    specs, values = problem.specs, None
+    if scores.weights is not None:
+        specs = [dataclasses.replace(s, weight=float(sum(scores.weights[n] for n in g.layers)))
+                 for s, g in zip(specs, problem.groups)]
+    elif scores.values is not None:
+        values = [_group_values(s, g, scores.values) for s, g in zip(specs, problem.groups)]
+    else:
+        raise OmpqValueError("the allocator returned neither weights nor values; it must give one of them")
+    return solve(specs, problem.constraints, values=values, other_bits=32 * problem.other_params,
+                 time_limit_s=time_limit_s)
+
+
+def _group_values(spec: GroupSpec, group: LayerGroup, values) -> dict[int, float]:
+    out = {}
+    for b in spec.bits:
+        missing = [n for n in group.layers if b not in values[n]]
+        if missing:
+            raise OmpqValueError(f"the allocator gave layer {missing[0]!r} no value for {b} bits; "
+                                 f"give one for every allowed bit-width {list(spec.bits)}")
+        out[b] = sum(values[n][b] for n in group.layers)
+    return out

@@ -1,0 +1,90 @@
+"""Quantization recipes as config objects, one class per method, looked up by name in ``CONFIGS``
+(as torchao's ``quantize_(model, config)``): ``quantize(model, plan, calib, BRECQConfig(iters=2000))``.
+The keyword form ``quantize(model, plan, calib, method="brecq", iters=2000)`` builds the same config.
+A new recipe is a new config class here and its entry in ``CONFIGS`` (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from ..errors import OmpqTypeError, OmpqValueError, check_choice
+from .modules import ACT_METHODS, SCALE_METHODS
+
+
+@dataclass(frozen=True)
+class RTNConfig:
+    """Round to nearest: per-output-channel weights at the planned bits ("minmax" or "mse" scales),
+    per-tensor input activations at ``act_bits`` (None: the plan's; 0: weights only), their range
+    from ``act_calib`` ("minmax", "percentile", "mse") over ``num_calib`` calibration samples."""
+
+    method: ClassVar[str] = "rtn"
+    weight_scale: str = "mse"
+    act_bits: int | None = None
+    act_calib: str = "mse"
+    num_calib: int = 256
+
+    def __post_init__(self):
+        check_choice("weight_scale", self.weight_scale, SCALE_METHODS)
+        check_choice("act_calib", self.act_calib, ACT_METHODS)
+        if isinstance(self.num_calib, bool) or not isinstance(self.num_calib, int) or self.num_calib < 2:
+            raise OmpqValueError(f"num_calib must be an integer >= 2, got {self.num_calib!r}")
+
+    def reconstruction_options(self) -> dict:
+        """The options of ``quant.reconstruct.reconstruct`` (none for plain rounding)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RTN_FIELDS}
+
+
+_RTN_FIELDS = {f.name for f in fields(RTNConfig)}
+
+
+@dataclass(frozen=True)
+class AdaRoundConfig(RTNConfig):
+    """Learned rounding, layer by layer (AdaRound): ``iters`` Adam steps per layer; see
+    ``quant.reconstruct.reconstruct`` for every option."""
+
+    method: ClassVar[str] = "adaround"
+    iters: int = 500
+    reg_weight: float = 0.01
+    batch_size: int = 32
+    lr: float = 1e-2
+    warmup: float = 0.2
+    beta_range: tuple[float, float] = (20.0, 2.0)
+    chunk_size: int = 256
+    keep_best: bool = True
+
+
+@dataclass(frozen=True)
+class BRECQConfig(AdaRoundConfig):
+    """Learned rounding block by block (BRECQ): ``blocks`` names them (None: found generically)."""
+
+    method: ClassVar[str] = "brecq"
+    blocks: tuple[str, ...] | None = None
+
+
+CONFIGS: dict[str, type[RTNConfig]] = {c.method: c for c in (RTNConfig, AdaRoundConfig, BRECQConfig)}
+
+
+def make_config(method: str = "rtn", **options) -> RTNConfig:
+    """The config of ``method`` with ``options`` (the keyword form of ``quantize``)."""
+    check_choice("method", method, tuple(CONFIGS))
+    cls = CONFIGS[method]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        reconstruction = {f.name for f in fields(BRECQConfig)} - _RTN_FIELDS
+        if set(unknown) <= reconstruction:
+            raise OmpqValueError(
+                f"{', '.join(unknown)}: unknown argument(s) for method={method!r}; "
+                f"reconstruction options apply to method='adaround' or 'brecq'"
+            )
+        raise OmpqValueError(f"{', '.join(unknown)}: unknown argument(s) for method={method!r}; "
+                             f"it takes {', '.join(sorted(known))}")
+    return cls(**options)
+
+
+def as_config(config) -> RTNConfig:
+    if not isinstance(config, RTNConfig):
+        raise OmpqTypeError(f"config must be one of {', '.join(c.__name__ for c in CONFIGS.values())}, "
+                            f"got {type(config).__name__}")
+    return config

@@ -1,0 +1,260 @@
+"""The ``Plan`` record: bits per layer and everything needed to judge them, typed.
+
+Every part is a dataclass; each also reads like the dict it is in the plan file
+(``plan.totals["avg_bits"]`` as well as ``plan.totals.avg_bits``), as plans did before they
+were typed. Files are read and written by ``plan_file``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import plan_file
+from .errors import PlanFileError
+
+
+class _Record:
+    """Dict-style reading of a record through its plan-file form."""
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}  # an unset optional field is left out
+
+    def __getitem__(self, key):
+        return self.to_json()[key]
+
+    def get(self, key, default=None):
+        return self.to_json().get(key, default)
+
+
+@dataclass
+class LayerPlan(_Record):
+    """One planned layer, in the order the forward pass ran it."""
+
+    name: str
+    kind: str
+    group: str
+    params: int
+    macs: int  # per sample
+    gamma: float | None  # OMPQ: orthogonality to the other layers (None for other methods)
+    log_theta: float | None  # OMPQ: log(theta / max theta)
+    weight: float | None  # the objective weight the solver used (largest 1 for OMPQ); None for value tables
+    bits: int
+    fixed: bool
+
+    def to_json(self) -> dict:
+        return asdict(self)  # the scores a method does not measure are written as null
+
+
+@dataclass
+class GroupPlan(_Record):
+    """Layers that share one bit-width (a shared weight, or a tie)."""
+
+    name: str
+    layers: list[str]
+    params: int
+    bits: int
+    fixed: bool
+
+
+@dataclass
+class BudgetRecord(_Record):
+    """One budget as the user gave it, and the exact limit it imposed."""
+
+    kind: str  # "size", "avg_bits", "fraction", "bops", "latency", or a constraint's own kind
+    value: str | float
+    description: str
+    text: str | None = None  # as written by the user
+    limit: int | float | None = None  # in the constraint's unit (bits for sizes); None in older files
+
+
+@dataclass
+class Totals(_Record):
+    """What the plan costs. Sizes count every parameter: planned weights at their bits, the rest at 32."""
+
+    size_bits: int
+    size_bytes: float
+    size_mib: float
+    fp32_size_bytes: int
+    fp32_size_mib: float
+    avg_bits: float  # over the planned weights
+    bops: int  # per sample, at the plan's activation bits
+    planned_params: int
+    other_params: int
+    latency: float | None = None  # when a latency table was given
+
+
+@dataclass
+class SolverRecord(_Record):
+    status: str  # "OPTIMAL" or "FEASIBLE" (time limit)
+    objective: float
+    bound: float
+    gap: float
+    solve_time_s: float
+
+
+_SETTINGS = ("method", "bits", "act_bits", "fixed_bits", "num_samples", "bn_mode", "ties", "time_limit_s")
+
+
+@dataclass
+class Settings(_Record):
+    """How the plan was made: the pipeline's settings and the method's own (``method_settings``)."""
+
+    method: str = "ompq"
+    bits: list[int] = field(default_factory=list)
+    act_bits: int = 8
+    fixed_bits: dict[str, int] = field(default_factory=dict)
+    num_samples: int | None = None
+    bn_mode: str = "eval"
+    ties: list[list[str]] = field(default_factory=list)
+    time_limit_s: float | None = None
+    method_settings: dict = field(default_factory=dict)  # e.g. OMPQ's beta, objective, feature_point, estimator
+
+    def to_json(self) -> dict:  # one flat dict in the file, as version 1 always had
+        return {**{k: getattr(self, k) for k in _SETTINGS}, **self.method_settings}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Settings":
+        known = {k: data[k] for k in _SETTINGS if k in data}
+        return cls(**known, method_settings={k: v for k, v in data.items() if k not in _SETTINGS})
+
+
+@dataclass
+class ModelInfo(_Record):
+    class_name: str
+    total_params: int
+
+    def to_json(self) -> dict:
+        return {"class": self.class_name, "total_params": self.total_params}
+
+
+@dataclass
+class Plan:
+    """The outcome of ``plan()``: bits per layer and everything needed to judge them."""
+
+    layers: list[LayerPlan]
+    groups: list[GroupPlan]
+    orm: np.ndarray | None  # OMPQ's L x L orthogonality matrix, layers in execution order
+    totals: Totals
+    budgets: list[BudgetRecord]
+    solver: SolverRecord
+    settings: Settings
+    timing: dict[str, float]  # seconds per stage
+    model: ModelInfo
+    skipped: list[str] = field(default_factory=list)  # layers that never ran, left at 32 bits
+
+    # ---------------------------------------------------------------- views
+
+    @property
+    def bits(self) -> dict[str, int]:
+        """Layer name -> weight bits."""
+        return {layer.name: layer.bits for layer in self.layers}
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def summary(self) -> str:
+        """A table of the plan: one row per layer, then the totals, solver and timing."""
+        width = max(12, *(len(x.name) for x in self.layers))
+        head = f"{'layer':<{width}}  {'type':<8} {'params':>10} {'MACs/sample':>13} {'gamma':>8} {'weight':>9} {'bits':>4}"
+        rows = [head, "-" * len(head)]
+        for x in self.layers:
+            mark = "*" if x.fixed else " "
+            tied = "" if x.group == x.name else f"  (= {x.group})"
+            gamma = "-" if x.gamma is None else f"{x.gamma:.4f}"
+            weight = "-" if x.weight is None else f"{x.weight:.3g}"
+            rows.append(
+                f"{x.name:<{width}}  {x.kind[:8]:<8} {x.params:>10,} {x.macs:>13,} {gamma:>8} "
+                f"{weight:>9} {x.bits:>3}{mark}{tied}"
+            )
+        t, s = self.totals, self.solver
+        rows += [
+            "-" * len(head),
+            f"size      {t.size_mib:.4f} MiB ({t.size_bytes:,.0f} bytes) of {t.fp32_size_mib:.4f} MiB "
+            f"in FP32 ({t.size_bytes / t.fp32_size_bytes:.2%})",
+            f"weights   {t.avg_bits:.4f} bits on average over {t.planned_params:,} planned weights; "
+            f"{t.other_params:,} other parameters at 32 bits",
+            f"BOPs      {t.bops / 1e9:.4f} G per sample (activations at {self.settings.act_bits} bits)",
+            "budgets   " + "; ".join(b.description for b in self.budgets),
+            f"solver    {s.status}, objective {s.objective:.6g}, gap {s.gap:.2%}, "
+            f"{s.solve_time_s * 1e3:.1f} ms",
+            "time      " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.timing.items()),
+        ]
+        if self.settings.method != "ompq":
+            rows.append(f"method    {self.settings.method}")
+        if any(x.fixed for x in self.layers):
+            rows.append("* fixed bits")
+        if self.skipped:
+            rows.append(f"not planned (never ran in the forward pass, kept at 32 bits): {', '.join(self.skipped)}")
+        return "\n".join(rows)
+
+    def __repr__(self):
+        t = self.totals
+        return (f"Plan({len(self.layers)} layers, {t.size_mib:.4f} MiB, {t.avg_bits:.3f} bits/weight, "
+                f"{self.solver.status})")
+
+    # ---------------------------------------------------------------- files
+
+    def to_json(self) -> dict:
+        """The plan-file form."""
+        return {
+            **plan_file.header(),
+            "layers": [x.to_json() for x in self.layers],
+            "groups": [g.to_json() for g in self.groups],
+            "skipped": self.skipped,
+            "orm": None if self.orm is None else self.orm.tolist(),
+            "totals": self.totals.to_json(),
+            "budgets": [b.to_json() for b in self.budgets],
+            "solver": self.solver.to_json(),
+            "settings": self.settings.to_json(),
+            "timing": self.timing,
+            "model": self.model.to_json(),
+        }
+
+    def save(self, path) -> None:
+        plan_file.write(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, data) -> "Plan":
+        """A plan from the contents of a plan file (checked: PlanFileError names what is wrong)."""
+        return cls._from_fields(plan_file.check(data))
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        return cls._from_fields(plan_file.read(path))
+
+    @classmethod
+    def _from_fields(cls, f: dict) -> "Plan":
+        return cls(
+            layers=[LayerPlan(**x) for x in f["layers"]],
+            groups=[GroupPlan(**{k: g[k] for k in ("name", "layers", "params", "bits", "fixed")}) for g in f["groups"]],
+            orm=f["orm"],
+            totals=Totals(**f["totals"]),
+            budgets=[BudgetRecord(**b) for b in f["budgets"]],
+            solver=SolverRecord(**f["solver"]),
+            settings=Settings.from_json(f["settings"]),
+            timing=f["timing"],
+            model=ModelInfo(class_name=f["model"]["class"], total_params=f["model"]["total_params"]),
+            skipped=f["skipped"],
+        )
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise PlanFileError unless every planned layer exists in ``model`` with the same weight size."""
+        modules = dict(model.named_modules())
+        missing = [x.name for x in self.layers if x.name not in modules]
+        if missing:
+            raise PlanFileError(
+                f"the plan does not match this model: {len(missing)} planned layer(s) are missing from it "
+                f"({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}); was the plan made for another model?"
+            )
+        for x in self.layers:
+            weight = getattr(modules[x.name], "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.numel() != x.params:
+                got = "no weight" if not isinstance(weight, torch.Tensor) else f"{weight.numel():,} weights"
+                raise PlanFileError(
+                    f"the plan does not match this model: layer {x.name!r} has {got}, the plan expects {x.params:,}"
+                )
