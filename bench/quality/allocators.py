@@ -1,19 +1,20 @@
-"""Bit allocators compared in the quality study, all through the same exact solver.
+"""Bit allocators compared in the quality study, all through ``ompq_ext.plan``'s pipeline.
 
-Every allocator here turns one testbed instance (a ``Task``) and OMPQ's own plan at a budget
-(``base``: the layers, their groups, the bit choices and the size limit) into a plan of the same
-budget, by handing the solver either a weight per layer (maximise sum w_i b_i) or a table of
-values per layer and bit-width (maximise sum V_i(b_i)):
+Every allocator here plans one testbed instance (a ``Task``) at OMPQ's budget and bit choices
+(``base``: OMPQ's own plan at that budget) by handing ``plan()`` an allocator -- a weight per
+layer (maximise sum w_i b_i) or a table of values per layer and bit-width (maximise sum V_i(b_i)),
+as ``ompq_ext.allocators.GivenScores`` -- so every plan has the same groups, budgets, bit choices
+and exact solver, and its record (size, BOPs) is computed by the library:
 
 * ``params_only``: every weight equal -- parameter counts alone decide (OMPQ with beta -> 0).
 * ``random_plans``: weights drawn uniformly from [0, 1): random plans on the budget's frontier.
-* ``hessian_values``: HAWQ-V2/V3's sensitivity, the Hutchinson estimate of each layer's Hessian
+* ``hessian_plan``: HAWQ-V2/V3's sensitivity, the Hutchinson estimate of each layer's Hessian
   trace (of the task loss on labelled calibration data) over its weight count, times the squared
   weight perturbation ||Q_b(W) - W||^2 at each bit-width; minimised.
-* ``kl_table``: each layer quantized alone at each bit-width, the others in FP32: the divergence of
+* ``kl_plan``: each layer quantized alone at each bit-width, the others in FP32: the divergence of
   the model's outputs from FP32 on the calibration inputs (KL of the class probabilities; for an
-  embedding model, 1 - cosine). ``greedy`` walks it one layer at a time (HAQ/AMP-style); the
-  same table also goes into the solver as an exact baseline.
+  embedding model, 1 - cosine), minimised exactly. ``greedy`` walks the same table one layer at a
+  time (HAQ/AMP-style) and plans the bits it ends at.
 
 Weights are quantized exactly as ``ompq_ext.quantize`` does (symmetric per output channel, MSE
 scale search), so the sensitivities measure the perturbation the recipe will make.
@@ -30,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ompq_ext.budget import parse_budget
-from ompq_ext.plan import Plan
+import ompq_ext
+from ompq_ext.allocators import GivenScores
 from ompq_ext.quant.modules import weight_scale
 from ompq_ext.quant.ops import fake_quantize
-from ompq_ext.solver import GroupSpec, solve
+from ompq_ext.record import Plan
 
 
 @dataclass
@@ -55,61 +56,45 @@ class Task:
     info: dict = dataclasses.field(default_factory=dict)  # FP32 score, whether the model was cached
 
 
-# ---------------------------------------------------------------- plans from bits
+# ---------------------------------------------------------------- plans through plan()
 
 
-def size_limit(base: Plan) -> int:
-    """The size budget of ``base`` in bits (its first size budget)."""
-    budget = next(parse_budget(b["text"]) for b in base.budgets if b["kind"] in ("size", "avg_bits", "fraction"))
-    return budget.size_limit_bits(planned_params=base.totals["planned_params"],
-                                  other_params=base.totals["other_params"])
+def plan_like(task: Task, base: Plan, allocator) -> Plan:
+    """``plan()`` with ``allocator`` at ``base``'s budgets and bit choices."""
+    return ompq_ext.plan(task.model, task.calib, [b.text for b in base.budgets], method=allocator,
+                         bits=base.settings.bits, input_fn=task.input_fn, progress=False, **task.plan_kwargs)
 
 
-def group_specs(base: Plan, weights=None) -> list[GroupSpec]:
-    choices = tuple(base.settings["bits"])
-    weights = [1.0] * len(base.groups) if weights is None else weights
-    return [GroupSpec(name=g["name"], params=g["params"], macs=0, weight=float(w),
-                      bits=(g["bits"],) if g["fixed"] else choices)
-            for g, w in zip(base.groups, weights)]
+def params_only(task: Task, base: Plan) -> Plan:
+    return plan_like(task, base, GivenScores(weights={n: 1.0 for n in base.layer_names}, name="params-only"))
 
 
-def with_bits(base: Plan, group_bits: list[int], allocator: str) -> Plan:
-    """``base`` with other bits (one per group): the Plan that quantize() takes."""
-    by_group = {g["name"]: int(b) for g, b in zip(base.groups, group_bits)}
-    layers = [dataclasses.replace(x, bits=by_group[x.group]) for x in base.layers]
-    groups = [{**g, "bits": by_group[g["name"]]} for g in base.groups]
-    planned = base.totals["planned_params"]
-    size = sum(g["params"] * g["bits"] for g in groups) + 32 * base.totals["other_params"]
-    if size > size_limit(base):
-        raise AssertionError(f"{allocator}: plan of {size} bits breaks the budget {size_limit(base)}")
-    totals = {**base.totals, "size_bits": size, "size_bytes": size / 8, "size_mib": size / 8 / 2**20,
-              "avg_bits": (size - 32 * base.totals["other_params"]) / planned}
-    return dataclasses.replace(base, layers=layers, groups=groups, totals=totals,
-                               settings={**base.settings, "allocator": allocator})
-
-
-def solve_plan(base: Plan, allocator: str, *, weights=None, values=None) -> Plan:
-    """The exact solver on ``base``'s groups, bit choices and size budget."""
-    specs = group_specs(base, weights)
-    other = 32 * base.totals["other_params"]
-    if values is not None:
-        values = [values[g["name"]] for g in base.groups]
-    alloc = solve(specs, size_budget_bits=size_limit(base), other_bits=other, values=values)
-    return with_bits(base, alloc.bits, allocator)
-
-
-def params_only(base: Plan) -> Plan:
-    return solve_plan(base, "params-only", weights=[1.0] * len(base.groups))
-
-
-def random_plans(base: Plan, n: int, seed: int) -> list[Plan]:
+def random_plans(task: Task, base: Plan, n: int, seed: int) -> list[Plan]:
     rng = np.random.default_rng(seed)
-    return [solve_plan(base, f"random {k}", weights=rng.random(len(base.groups))) for k in range(n)]
+    names = base.layer_names
+    return [plan_like(task, base, GivenScores(weights=dict(zip(names, rng.random(len(names)))), name=f"random {k}"))
+            for k in range(n)]
+
+
+def search_seconds(plan: Plan) -> float:
+    """What scoring and solving took in ``plan()`` (not the feature pass, which these allocators do not need)."""
+    return plan.timing["scores"] + plan.timing["solve"]
 
 
 def objective(plan: Plan, weights: dict[str, float]) -> float:
     """sum_i w_i b_i of a plan under another plan's layer weights (OMPQ's proxy)."""
     return sum(weights[x.name] * x.bits for x in plan.layers)
+
+
+def table_bits(base: Plan) -> list[int]:
+    """Every bit-width a layer of ``base`` may take: the choices and the fixed bits."""
+    return sorted(set(base.settings.bits) | {g.bits for g in base.groups if g.fixed})
+
+
+def _cost_plan(task: Task, base: Plan, cost, name: str) -> Plan:
+    """The plan that minimises sum_i cost(layer i, its bits) exactly."""
+    values = {n: {b: -cost(n, b) for b in table_bits(base)} for n in base.layer_names}
+    return plan_like(task, base, GivenScores(values=values, name=name))
 
 
 # ---------------------------------------------------------------- weight perturbations
@@ -186,9 +171,9 @@ def hessian_cost(traces: dict[str, float], qw: QuantizedWeights, name: str, bits
     return traces[name] / qw.modules[name].weight.numel() * qw.error(name, bits)
 
 
-def hessian_values(base: Plan, traces: dict[str, float], qw: QuantizedWeights) -> dict[str, dict[int, float]]:
-    """-Omega_g(b), summed over the group's layers (the solver maximises)."""
-    return _group_values(base, lambda n, b: hessian_cost(traces, qw, n, b))
+def hessian_plan(task: Task, base: Plan, traces: dict[str, float], qw: QuantizedWeights) -> Plan:
+    """The plan that minimises the summed Omega_i(b_i)."""
+    return _cost_plan(task, base, lambda n, b: hessian_cost(traces, qw, n, b), "Hessian trace")
 
 
 # ---------------------------------------------------------------- one layer at a time (KL)
@@ -212,38 +197,40 @@ def kl_table(task: Task, names: list[str], bits: list[int], qw: QuantizedWeights
     return table
 
 
-def greedy(base: Plan, table: dict[str, dict[int, float]]) -> Plan:
+def greedy(task: Task, base: Plan, table: dict[str, dict[int, float]]) -> Plan:
     """Start every group at its largest bits; while over budget, lower the group whose next step
     down adds the least divergence per bit of size saved; then raise groups while they fit
-    (most divergence removed per bit first). One layer at a time, no look-ahead."""
-    limit = size_limit(base) - 32 * base.totals["other_params"]
-    choices = sorted(base.settings["bits"])
+    (most divergence removed per bit first). One layer at a time, no look-ahead. The bits it ends
+    at are planned as a table worth 1 exactly there, which the exact solver then returns as they are."""
+    size = next(b for b in base.budgets if b.kind in ("size", "avg_bits", "fraction"))
+    limit = size.limit - 32 * base.totals.other_params
+    choices = sorted(base.settings.bits)
     groups = base.groups
 
     def cost(g, b):
-        return sum(table[n][b] for n in g["layers"])
+        return sum(table[n][b] for n in g.layers)
 
-    bits = [g["bits"] if g["fixed"] else choices[-1] for g in groups]
-    size = sum(g["params"] * b for g, b in zip(groups, bits))
+    bits = [g.bits if g.fixed else choices[-1] for g in groups]
+    size = sum(g.params * b for g, b in zip(groups, bits))
     while size > limit:
         best = None
         for k, g in enumerate(groups):
-            if g["fixed"] or bits[k] == choices[0]:
+            if g.fixed or bits[k] == choices[0]:
                 continue
             lower = choices[choices.index(bits[k]) - 1]
-            rate = (cost(g, lower) - cost(g, bits[k])) / (g["params"] * (bits[k] - lower))
+            rate = (cost(g, lower) - cost(g, bits[k])) / (g.params * (bits[k] - lower))
             if best is None or rate < best[0]:
                 best = (rate, k, lower)
         _, k, lower = best
-        size -= groups[k]["params"] * (bits[k] - lower)
+        size -= groups[k].params * (bits[k] - lower)
         bits[k] = lower
     while True:
         best = None
         for k, g in enumerate(groups):
-            if g["fixed"] or bits[k] == choices[-1]:
+            if g.fixed or bits[k] == choices[-1]:
                 continue
             upper = choices[choices.index(bits[k]) + 1]
-            extra = g["params"] * (upper - bits[k])
+            extra = g.params * (upper - bits[k])
             if size + extra > limit:
                 continue
             rate = (cost(g, bits[k]) - cost(g, upper)) / extra
@@ -254,21 +241,14 @@ def greedy(base: Plan, table: dict[str, dict[int, float]]) -> Plan:
         _, k, upper, extra = best
         size += extra
         bits[k] = upper
-    return with_bits(base, bits, "greedy KL")
+    chosen = {n: b for g, b in zip(groups, bits) for n in g.layers}
+    values = {n: {b: float(b == chosen[n]) for b in table_bits(base)} for n in chosen}
+    return plan_like(task, base, GivenScores(values=values, name="greedy KL"))
 
 
-def table_values(base: Plan, table: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
-    """A per-layer cost table as solver values per group (negated: the solver maximises)."""
-    return _group_values(base, lambda n, b: table[n][b])
-
-
-def _group_values(base: Plan, cost) -> dict[str, dict[int, float]]:
-    """{group: {bits: -sum of cost(layer, bits) over the group's layers}} over each group's choices."""
-    out = {}
-    for g in base.groups:
-        choices = (g["bits"],) if g["fixed"] else tuple(base.settings["bits"])
-        out[g["name"]] = {b: -sum(cost(n, b) for n in g["layers"]) for b in choices}
-    return out
+def kl_plan(task: Task, base: Plan, table: dict[str, dict[int, float]]) -> Plan:
+    """The exact solver on the same table."""
+    return _cost_plan(task, base, lambda n, b: table[n][b], "KL table → solver")
 
 
 def timed(fn, *args, **kwargs):
