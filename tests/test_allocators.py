@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ompq_ext
+import ompq_ext.constraints
 from ompq_ext.allocators import ALLOCATORS, OMPQ, Allocator, GivenScores, Scores
 from ompq_ext.errors import OmpqTypeError, OmpqValueError
 from ompq_ext.features import FeaturePass
@@ -163,7 +164,7 @@ def test_method_errors(small):
         ompq_ext.plan(model, [x], "3bits", progress=False,
                       method=GivenScores(values={n: {2: 0.0, 3: 0.0} for n in ("0", "2", "4", "6")}))
     with pytest.raises(OmpqValueError, match="unbiased estimator needs num_samples >= 4"):
-        OMPQ(estimator="unbiased").collectors([], 3)
+        OMPQ(estimator="unbiased").check(3)
     with pytest.raises(OmpqValueError, match="beta"):
         OMPQ(beta=float("nan"))
 
@@ -179,3 +180,66 @@ def test_feature_pass_counts_and_orders_without_collectors(small):
     assert [layers[i].name for i in seen.order] == ["0", "2", "4", "6"]
     assert seen.calls == [1, 1, 1, 1]
     assert seen.macs == [l.params for l in layers]  # a Linear's MACs per sample are its weights
+
+
+class Partial(Allocator):
+    name = "partial"
+
+    def __init__(self, scores):
+        self._scores = scores
+
+    def scores(self, data):
+        return self._scores(data)
+
+
+def test_what_an_allocator_returns_is_checked(small):
+    model, x = small
+    cases = [
+        (lambda d: None, OmpqTypeError, "returned NoneType, not Scores"),
+        (lambda d: Scores(weights={"0": 1.0}), OmpqValueError, "weights lack the planned layer.*'2'"),
+        (lambda d: Scores(), OmpqValueError, "weights or values, exactly one"),
+        (lambda d: Scores(weights={l.name: 1.0 for l in d.layers}, gamma={}), OmpqValueError, "gamma lack"),
+        (lambda d: Scores(values={l.name: {b: "high" for b in d.bits} for l in d.layers}), OmpqValueError,
+         "value of layer '0' at 2 bits is not a number"),
+    ]
+    for scores, error, match in cases:
+        with pytest.raises(error, match=match):
+            ompq_ext.plan(model, [x], "3bits", method=Partial(scores), progress=False)
+
+
+def test_allocator_names_and_settings_are_checked(small):
+    model, x = small
+    names = ("0", "2", "4", "6")
+    with pytest.raises(OmpqValueError, match="name of its own"):
+        ompq_ext.plan(model, [x], "3bits", method=GivenScores(weights={n: 1.0 for n in names}, name="ompq"),
+                      progress=False)
+    with pytest.raises(OmpqValueError, match="may not be called bits, method"):
+        ompq_ext.plan(model, [x], "3bits", progress=False,
+                      method=GivenScores(weights={n: 1.0 for n in names}, settings={"bits": "mine", "method": "x"}))
+    with pytest.raises(OmpqValueError, match="cannot be written to a plan file"):
+        ompq_ext.plan(model, [x], "3bits", progress=False,
+                      method=GivenScores(weights={n: 1.0 for n in names}, settings={"t": torch.zeros(2)}))
+    for bad, error, match in [(dict(values={"0": 5}), OmpqTypeError, "values of layer '0' must be a dict"),
+                              (dict(values={"0": {4.5: 1.0}}), OmpqValueError, "bits 4.5; bits are integers"),
+                              (dict(weights={"0": "x"}), OmpqValueError, "weight of layer '0' must be a number"),
+                              (dict(weights={"0": 1.0}, settings=[1]), OmpqTypeError, "settings must be a dict")]:
+        with pytest.raises(error, match=match):
+            GivenScores(**bad)
+    assert GivenScores(weights={"0": np.float32(2.0), "1": torch.tensor(3.0)}).weights == {"0": 2.0, "1": 3.0}
+
+
+def test_options_are_checked_before_the_loader_is_drawn(small):
+    model, x = small
+    drawn = []
+
+    def loader():
+        drawn.append(1)
+        yield x
+
+    for kwargs in (dict(bn_mode="train"), dict(estimator="unbiased", num_samples=3),
+                   dict(budget=["3bits", "4bits"]), dict(latency_table={}, latency_budget=1.0,
+                                                         budget=["3bits", ompq_ext.constraints.LatencyConstraint({}, 1.0)])):
+        budget = kwargs.pop("budget", "3bits")
+        with pytest.raises(OmpqValueError):
+            ompq_ext.plan(model, loader(), budget, progress=False, **kwargs)
+    assert drawn == []

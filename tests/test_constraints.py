@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -163,3 +164,53 @@ def test_latency_table_must_cover_every_planned_layer():
     with pytest.raises(OmpqValueError, match="no entry for layer '2'"):
         ompq_ext.plan(model, [torch.randn(40, 6)], "4bits", latency_table={"0": {b: 1.0 for b in range(1, 17)}},
                       latency_budget=5.0, progress=False)
+
+
+def test_bad_constraints_get_named_errors():
+    groups = [GroupSpec("a", 10, 0, 1.0, (4, 8)), GroupSpec("b", 10, 0, 1.0, (4, 8))]
+
+    class NoCost(PatternSizeConstraint):
+        def costs(self, groups, allowed):
+            return [{4: 0} for _ in groups]
+
+    class NoLimit(Constraint):
+        kind = "nolimit"
+
+        def costs(self, groups, allowed):
+            return [{b: 0 for b in bits} for bits in allowed]
+
+        def describe(self):
+            return "no limit"
+
+    with pytest.raises(OmpqValueError, match="pattern_size constraint gives group 'a' no numeric cost"):
+        solve(groups, [NoCost("*", 100)])
+    with pytest.raises(OmpqTypeError, match="NoLimit constraint has no numeric limit"):
+        solve(groups, [NoLimit()])
+    assert solve(groups, SizeConstraint(120)).bits == [8, 4]  # one constraint alone
+    with pytest.raises(OmpqTypeError, match="list of Constraint objects"):
+        solve(groups, 120)
+    with pytest.raises(OmpqValueError, match="latency_budget must be a number"):
+        LatencyConstraint({}, "abc")
+
+
+def test_latency_table_rows_are_checked_per_layer():
+    groups = [GroupSpec("a", 10, 0, 1.0, (4, 8), layers=("a", "a2")), GroupSpec("b", 10, 0, 1.0, (4, 8))]
+    full = {"a": {4: 1.0, 8: 2.0}, "a2": {"4": 0.5, "8": 0.5}, "b": {4: 1.0, 8: 3.0}}
+    a = solve(groups, [LatencyConstraint(full, 4.5)])  # a costs 1.5 / 2.5 (its two layers), b 1.0 / 3.0
+    assert a.bits == [8, 4] and a.latency == 3.5  # [8, 8] costs 5.5; [4, 8] ties and loses the tie-break
+    for bad, match in [({**full, "a2": {4: 0.5}}, r"layer 'a2': latency table has no entry for bits \[8\]"),
+                       ({**full, "a2": {4: 0.5, 8: -1.0}}, "layer 'a2': latency costs must be finite and >= 0"),
+                       ({**full, "b": {4.7: 1.0, 8: 3.0}}, "bits 4.7; bits are integers"),
+                       ({**full, "b": {4: "fast", 8: 3.0}}, "layer 'b': latency costs must be numbers")]:
+        with pytest.raises(OmpqValueError, match=match):
+            solve(groups, [LatencyConstraint(bad, 4.5)])
+
+
+def test_a_size_constraint_is_recorded_in_bytes_like_a_size_budget(model_and_data):
+    model, x = model_and_data
+    by_text = ompq_ext.plan(model, [x], "3bits", progress=False)
+    limit = by_text.budgets[0].limit
+    by_object = ompq_ext.plan(model, [x], SizeConstraint(limit, other_bits=32 * by_text.totals.other_params),
+                              progress=False)
+    assert by_object.bits == by_text.bits
+    assert by_object.budgets[0].kind == "size" and float(Fraction(by_object.budgets[0].value)) == limit / 8

@@ -73,3 +73,15 @@ def test_progress_display(monkeypatch, capsys):
     with progress_bar(3, "ompq: quiet", "step", False) as bar:
         bar.update(3)
     assert "ompq: quiet" not in capsys.readouterr().err
+
+
+def test_planning_joins_strictly_reconstruction_keeps_the_first():
+    parts = [{"x": torch.zeros(4, 2), "scale": torch.tensor([1.0, 1.0, 1.0])},
+             {"x": torch.ones(4, 2), "scale": torch.tensor([2.0, 2.0, 2.0])}]
+    with pytest.raises(OmpqTypeError, match="differ from batch to batch and have no sample dimension"):
+        gather_samples(parts, 8)
+    same = [{"x": torch.zeros(4, 2), "scale": torch.ones(3)}, {"x": torch.ones(4, 2), "scale": torch.ones(3)}]
+    assert torch.equal(gather_samples(same, 8)[1]["scale"], torch.ones(3))
+    captured = [(torch.zeros(4, 2), 0.5), (torch.ones(4, 2), 0.25)]  # a block returning (h, a statistic)
+    joined = join_samples(captured, [4, 4], strict=False)
+    assert joined[0].shape == (8, 2) and joined[1] == 0.5

@@ -502,3 +502,16 @@ def test_null_scores_only_in_plans_of_other_methods(tmp_path, data):
         layer["gamma"] = layer["log_theta"] = layer["weight"] = None
     back = Plan.from_json(data)
     assert back.orm is None and back.layers[0].gamma is None
+
+
+def test_records_are_mappings(made):
+    p = copy.deepcopy(made)
+    assert "latency" not in p.totals and "avg_bits" in p.totals and dict(p.totals)["avg_bits"] == p.totals.avg_bits
+    assert list(p.settings)[:2] == ["method", "bits"] and dict(p.model) == {"class": "Sequential",
+                                                                            "total_params": p.model.total_params}
+    p.groups[0]["bits"] = 5
+    p.settings["beta"] = 2.0
+    p.settings["act_bits"] = 6
+    assert p.groups[0].bits == 5 and p.settings.method_settings["beta"] == 2.0 and p.settings.act_bits == 6
+    with pytest.raises(KeyError):
+        p.totals["no such total"] = 1

@@ -121,3 +121,28 @@ def test_finetune_errors():
         finetune(q, batches, loss, steps=1, lr=0.0, scale_lr=0.0)
     with pytest.raises(OmpqError, match="input_fn"):
         finetune(q, [x[:8]], loss, steps=1)
+
+
+def test_finetune_inputs_of_any_kind():
+    """A tensor, a tuple (positional), a dict (keywords), (args, kwargs), or any other object as it is."""
+    x, y, _ = tiny_task(64)
+    _, q = tiny_qmodel(x)
+
+    class Wrapped:
+        def __init__(self, t):
+            self.t = t
+
+    class Model(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, a, scale=1.0):
+            return self.inner((a.t if isinstance(a, Wrapped) else a) * scale)
+
+    losses = []
+    for inputs in (x, (x,), {"a": x}, ((x,), {"scale": 1.0}), Wrapped(x)):
+        torch.manual_seed(0)
+        _, q = tiny_qmodel(x)
+        losses.append(finetune(Model(q), [(inputs, y)], nn.CrossEntropyLoss(), steps=2, lr=1e-2, progress=False))
+    assert all(run == losses[0] for run in losses)

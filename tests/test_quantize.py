@@ -6,6 +6,7 @@ import copy
 
 import ompq_ext
 import pytest
+import numpy as np
 import torch
 from ompq_ext import OmpqError, OmpqTypeError, OmpqValueError, PlanFileError
 from ompq_ext.models import ResNet, mlp, resnet1d
@@ -102,7 +103,7 @@ def with_bits(plan, bits):
     for layer in plan.layers:
         layer.bits = bits
     for group in plan.groups:
-        group.bits = bits
+        group["bits"] = bits
     return plan
 
 
@@ -447,5 +448,14 @@ def test_config_errors(planned):
         RTNConfig(weight_scale="absmax")
     with pytest.raises(OmpqValueError, match="num_calib"):
         BRECQConfig(num_calib=1)
-    with pytest.raises(OmpqValueError, match="iterations: unknown argument.*'brecq'; it takes.*iters"):
+    with pytest.raises(OmpqValueError, match="iterations: unknown argument.*method='brecq' takes.*iters"):
         quantize(model, p, x, method="brecq", iterations=10)
+    with pytest.raises(OmpqValueError, match="blocks: unknown argument.*'adaround'; they are options of method='brecq'"):
+        quantize(model, p, x, method="adaround", blocks=["0"])
+    with pytest.raises(OmpqValueError, match="records collects what reconstruction did"):
+        quantize(model, p, x, records=[])
+    for bad in (dict(lr="x"), dict(beta_range=(1.0,)), dict(iters=0), dict(warmup=1.0)):
+        with pytest.raises(OmpqValueError):
+            AdaRoundConfig(**bad)
+    with pytest.raises(OmpqValueError, match="weight_scale"):
+        RTNConfig(weight_scale=np.array(["mse"]))

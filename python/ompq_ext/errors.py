@@ -34,5 +34,9 @@ class PlanFileError(OmpqValueError):
 
 def check_choice(argument: str, value, choices) -> None:
     """Raise OmpqValueError unless ``value`` is one of ``choices``, naming the argument and the choices."""
-    if value not in choices:
+    try:
+        ok = isinstance(value, str) and value in choices
+    except TypeError:
+        ok = False
+    if not ok:
         raise OmpqValueError(f"{argument} must be one of {tuple(choices)}, got {value!r}")

@@ -62,10 +62,11 @@ def select_samples(obj, index, n: int):
     return map_tensors(obj, lambda t: t[index] if _per_sample(t, n) else t)
 
 
-def join_samples(parts: list, sizes: list[int]):
+def join_samples(parts: list, sizes: list[int], *, strict: bool = True):
     """Join structures of the same shape holding ``sizes[k]`` samples each into one: tensors whose
-    first dimension is their part's sample count are concatenated; anything else must be the same
-    in every part (a flag, a shared mask) and is kept once."""
+    first dimension is their part's sample count are concatenated; anything else (a flag, a shared
+    mask) is kept once, and must be the same in every part unless ``strict`` is False (then the
+    first part's is kept: what a module returns besides its per-sample outputs)."""
     first = parts[0]
     if all(_per_sample(p, n) for p, n in zip(parts, sizes)):
         shapes = {tuple(p.shape[1:]) for p in parts}
@@ -76,17 +77,25 @@ def join_samples(parts: list, sizes: list[int]):
                 f"hold all the samples needed at once"
             )
         return torch.cat(parts, dim=0)
-    if isinstance(first, torch.Tensor):
-        return first  # a tensor without a sample dimension, shared by the parts
     if isinstance(first, Mapping):
-        return {k: join_samples([p[k] for p in parts], sizes) for k in first}
+        return {k: join_samples([p[k] for p in parts], sizes, strict=strict) for k in first}
     if isinstance(first, (list, tuple)):
-        return _rebuild(first, [join_samples([p[i] for p in parts], sizes) for i in range(len(first))])
-    if all(p == first for p in parts):  # a constant argument such as a flag
+        return _rebuild(first, [join_samples([p[i] for p in parts], sizes, strict=strict) for i in range(len(first))])
+    if not strict or all(_same(p, first) for p in parts):
         return first
     raise OmpqTypeError(
-        f"cannot join batches holding {type(first).__name__} values that differ; pass input_fn=... returning tensors"
+        f"cannot join batches holding {type(first).__name__} values that differ from batch to batch and have no "
+        f"sample dimension; pass input_fn=... giving tensors whose first dimension is the batch"
     )
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
 
 
 # ---------------------------------------------------------------- batches -> model calls

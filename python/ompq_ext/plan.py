@@ -8,16 +8,17 @@ and the record (``record``).
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from contextlib import contextmanager
 
 from torch import nn
 
-from .allocators import ALLOCATORS, OMPQ, Allocator, ScoringInput
+from .allocators import ALLOCATORS, OMPQ, Allocator, Scores, ScoringInput
 from .allocators.ompq import DEFAULT_BETA, DEFAULT_OBJECTIVE
-from .errors import FeatureError, OmpqTypeError, OmpqValueError
-from .features import observe
+from .errors import FeatureError, OmpqTypeError, OmpqValueError, check_choice
+from .features import BN_MODES, observe
 from .inputs import gather_samples
 from .layers import find_layers
 from .problem import check_options, build_problem, solve_problem
@@ -79,6 +80,8 @@ def plan(
     start, timing = time.perf_counter(), {}
     allocator = _allocator(method, beta=beta, objective=objective, feature_point=feature_point,
                            estimator=estimator, num_threads=num_threads)
+    allocator.check(num_samples)
+    check_choice("bn_mode", bn_mode, BN_MODES)  # before the loader is drawn from
     layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types)
     options = check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
                             latency_table=latency_table, latency_budget=latency_budget)
@@ -92,13 +95,16 @@ def plan(
     problem = build_problem(model, planned, {layers[i].name: seen.macs[i] for i in seen.order}, options, ties)
     with _stage(timing, "scores"):
         scores = allocator.scores(ScoringInput(model, samples, planned, seen.order, problem.bits, collectors))
+        if not isinstance(scores, Scores):
+            raise OmpqTypeError(f"the {allocator.name!r} allocator returned {type(scores).__name__}, not Scores")
+        scores.check([x.name for x in planned], allocator.name)
     with _stage(timing, "solve"):
         allocation = solve_problem(problem, scores, time_limit_s)
     timing["total"] = time.perf_counter() - start
     settings = Settings(method=allocator.name, bits=list(problem.bits), act_bits=options.act_bits,
                         fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
                         ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
-                        method_settings=allocator.settings())
+                        method_settings=_method_settings(allocator))
     return _record(model, planned, skipped, problem, scores, allocation, settings, timing)
 
 
@@ -128,6 +134,9 @@ def _planned_layers(layers, seen, feature_point):
 def _allocator(method, **ompq_options) -> Allocator:
     """The allocator ``method`` names (OMPQ's settings go to OMPQ), or ``method`` itself."""
     if isinstance(method, Allocator):
+        if not isinstance(method.name, str) or not method.name or method.name == "ompq" and not isinstance(method, OMPQ):
+            raise OmpqValueError(f"{type(method).__name__}.name must be a name of its own for the plan's record, "
+                                 f"got {method.name!r}")
         defaults = dict(beta=DEFAULT_BETA, objective=DEFAULT_OBJECTIVE, feature_point="output", estimator="biased")
         changed = [k for k, v in defaults.items() if ompq_options[k] != v]
         if changed:
@@ -140,6 +149,16 @@ def _allocator(method, **ompq_options) -> Allocator:
     if method not in ALLOCATORS:
         raise OmpqValueError(f"method must be one of {tuple(ALLOCATORS)} or an Allocator instance, got {method!r}")
     return OMPQ(**ompq_options)
+
+
+def _method_settings(allocator) -> dict:
+    settings = allocator.settings()
+    try:
+        json.dumps(settings)
+    except (TypeError, ValueError) as e:
+        raise OmpqValueError(f"the {allocator.name!r} allocator's settings cannot be written to a plan file "
+                             f"({e}); give JSON values (numbers, strings, lists, dicts)") from None
+    return dict(settings)
 
 
 def _record(model, planned, skipped, problem, scores, allocation, settings, timing) -> Plan:
@@ -169,7 +188,7 @@ def _record(model, planned, skipped, problem, scores, allocation, settings, timi
                 for g in problem.groups],
         orm=scores.orm,
         totals=totals,
-        budgets=[BudgetRecord(**r) for r in problem.budget_records],
+        budgets=[BudgetRecord.of(r) for r in problem.budget_records],
         solver=SolverRecord(status=allocation.status, objective=allocation.objective, bound=allocation.bound,
                             gap=allocation.gap, solve_time_s=allocation.solve_time_s),
         settings=settings,

@@ -2,8 +2,9 @@
 bit-widths, and one constraint per budget; then the exact solve of an allocator's scores on it.
 
 Two steps, because the user's options are checked before the feature pass (a typo should not
-cost a forward pass) while the groups and their MACs are known only after it:
-``check_options`` -> ``build_problem`` -> ``solve_problem``.
+cost a forward pass) while the groups and their MACs are known only after it (and with them the
+per-layer tables, such as a latency table, are checked): ``check_options`` -> ``build_problem`` ->
+``solve_problem``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def check_options(layers: list[Layer], *, budget, bits, act_bits, fixed_bits, la
     budgets = parse_budgets(budget)
     if latency_table is not None:
         budgets.append(LatencyConstraint(latency_table, latency_budget))
+    kinds = [("size" if b.kind != "bops" else "bops") if isinstance(b, Budget) else b.kind for b in budgets]
+    for kind in sorted(set(kinds)):
+        if kinds.count(kind) > 1:
+            raise OmpqValueError(f"two {kind} budgets given; give at most one of each kind")
     return Options(bits=None if bits is None else _bit_set(bits), act_bits=act_bits,
                    fixed=_fixed_bits_for([x.name for x in layers], fixed_bits), budgets=budgets)
 
@@ -164,23 +169,28 @@ def _bits_around(averages) -> tuple[int, ...]:
 def solve_problem(problem: Problem, scores: Scores, time_limit_s: float) -> Allocation:
     """The exact allocation of ``scores`` (summed over each group's layers) under every constraint."""
     specs, values = problem.specs, None
-    if scores.weights is not None:
+    if scores.values is None:
         specs = [dataclasses.replace(s, weight=float(sum(scores.weights[n] for n in g.layers)))
                  for s, g in zip(specs, problem.groups)]
-    elif scores.values is not None:
-        values = [_group_values(s, g, scores.values) for s, g in zip(specs, problem.groups)]
     else:
-        raise OmpqValueError("the allocator returned neither weights nor values; it must give one of them")
+        values = [_group_values(s, g, scores.values) for s, g in zip(specs, problem.groups)]
     return solve(specs, problem.constraints, values=values, other_bits=32 * problem.other_params,
                  time_limit_s=time_limit_s)
 
 
 def _group_values(spec: GroupSpec, group: LayerGroup, values) -> dict[int, float]:
+    """The group's value at each allowed bit-width: the sum over its layers (each checked to be a number)."""
     out = {}
     for b in spec.bits:
-        missing = [n for n in group.layers if b not in values[n]]
-        if missing:
-            raise OmpqValueError(f"the allocator gave layer {missing[0]!r} no value for {b} bits; "
-                                 f"give one for every allowed bit-width {list(spec.bits)}")
-        out[b] = sum(values[n][b] for n in group.layers)
+        total = 0.0
+        for n in group.layers:
+            try:
+                total += float(values[n][b])
+            except KeyError:
+                raise OmpqValueError(f"the allocator gave layer {n!r} no value for {b} bits; "
+                                     f"give one for every allowed bit-width {list(spec.bits)}") from None
+            except (TypeError, ValueError):
+                raise OmpqValueError(f"the allocator's value of layer {n!r} at {b} bits is not a number: "
+                                     f"{values[n][b]!r}") from None
+        out[b] = total
     return out

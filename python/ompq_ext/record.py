@@ -1,12 +1,14 @@
 """The ``Plan`` record: bits per layer and everything needed to judge them, typed.
 
-Every part is a dataclass; each also reads like the dict it is in the plan file
-(``plan.totals["avg_bits"]`` as well as ``plan.totals.avg_bits``), as plans did before they
-were typed. Files are read and written by ``plan_file``.
+Every part is a dataclass; each is also a mapping of its plan-file fields
+(``plan.totals["avg_bits"]`` as well as ``plan.totals.avg_bits``; ``dict(plan.totals)``,
+``"latency" in plan.totals``, ``group["bits"] = 3``), as plans were dicts before they were
+typed. Files are read and written by ``plan_file``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -14,11 +16,11 @@ import torch
 from torch import nn
 
 from . import plan_file
-from .errors import PlanFileError
+from .errors import OmpqValueError, PlanFileError
 
 
-class _Record:
-    """Dict-style reading of a record through its plan-file form."""
+class _Record(Mapping):
+    """A record's plan-file fields as a mapping (reading through ``to_json``; writing a field sets it)."""
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}  # an unset optional field is left out
@@ -26,8 +28,16 @@ class _Record:
     def __getitem__(self, key):
         return self.to_json()[key]
 
-    def get(self, key, default=None):
-        return self.to_json().get(key, default)
+    def __iter__(self):
+        return iter(self.to_json())
+
+    def __len__(self):
+        return len(self.to_json())
+
+    def __setitem__(self, key, value):
+        if key not in self.__dataclass_fields__:
+            raise KeyError(f"{type(self).__name__} has no field {key!r}")
+        setattr(self, key, value)
 
 
 @dataclass
@@ -69,6 +79,14 @@ class BudgetRecord(_Record):
     description: str
     text: str | None = None  # as written by the user
     limit: int | float | None = None  # in the constraint's unit (bits for sizes); None in older files
+
+    @classmethod
+    def of(cls, record: dict) -> "BudgetRecord":
+        """From a budget's or a constraint's ``to_json()`` (fields this record does not have are left out)."""
+        try:
+            return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
+        except TypeError as e:
+            raise OmpqValueError(f"a budget's record needs kind, value and description: {e}") from None
 
 
 @dataclass
@@ -113,8 +131,20 @@ class Settings(_Record):
     time_limit_s: float | None = None
     method_settings: dict = field(default_factory=dict)  # e.g. OMPQ's beta, objective, feature_point, estimator
 
+    def __post_init__(self):
+        clash = sorted(set(self.method_settings) & set(_SETTINGS))
+        if clash:
+            raise OmpqValueError(f"the method's settings may not be called {', '.join(clash)}: plan() records "
+                                 f"those itself; rename them")
+
     def to_json(self) -> dict:  # one flat dict in the file, as version 1 always had
         return {**{k: getattr(self, k) for k in _SETTINGS}, **self.method_settings}
+
+    def __setitem__(self, key, value):
+        if key in _SETTINGS:
+            setattr(self, key, value)
+        else:
+            self.method_settings[key] = value
 
     @classmethod
     def from_json(cls, data: dict) -> "Settings":

@@ -163,6 +163,16 @@ def _keyword_constraints(size_budget, bops_budget, latency, latency_budget, othe
     return constraints
 
 
+def _as_list(constraints) -> list:
+    """A constraint alone, a sequence of them, or None."""
+    if isinstance(constraints, Constraint):
+        return [constraints]
+    try:
+        return list(constraints or ())
+    except TypeError:
+        raise OmpqTypeError(f"constraints must be a list of Constraint objects, got {type(constraints).__name__}") from None
+
+
 def _validate_constraints(constraints) -> list[Constraint]:
     if not constraints:
         raise OmpqValueError("no budget given; pass constraints, or size_budget_bits, bops_budget or latency_budget")
@@ -173,6 +183,8 @@ def _validate_constraints(constraints) -> list[Constraint]:
                 f"constraints must be ompq_ext.constraints.Constraint objects, got {type(c).__name__}")
         if c.kind in kinds:
             raise OmpqValueError(f"two {c.kind} budgets given; give at most one of each kind")
+        if not isinstance(getattr(c, "limit", None), (int, float)) or isinstance(c.limit, bool):
+            raise OmpqTypeError(f"the {type(c).__name__} constraint has no numeric limit")
         kinds.add(c.kind)
     return constraints
 
@@ -232,6 +244,10 @@ class _Costs:
     def __init__(self, constraint: Constraint, groups, allowed):
         self.constraint = constraint
         self.table = constraint.costs(groups, allowed)
+        for g, bits, row in zip(groups, allowed, self.table):
+            if not all(b in row and isinstance(row[b], (int, float)) for b in bits):
+                raise OmpqValueError(f"the {constraint.kind} constraint gives group {g.name!r} no numeric cost for "
+                                     f"some of its bits {list(bits)}")
         self.coefficients = constraint.coefficients(groups)
         limit = constraint.limit - constraint.fixed_cost
         if isinstance(limit, int) and all(isinstance(c, int) for row in self.table for c in row.values()):
@@ -471,7 +487,7 @@ def solve(
     allowed = _validate_groups(groups)
     other_bits = check_limit(other_bits, "other_bits")
     constraints = _validate_constraints(
-        list(constraints) + _keyword_constraints(size_budget_bits, bops_budget, latency, latency_budget, other_bits))
+        _as_list(constraints) + _keyword_constraints(size_budget_bits, bops_budget, latency, latency_budget, other_bits))
     weight_resolution = _validate_options(time_limit_s, weight_resolution, len(groups))
     costs = [_Costs(c, groups, allowed) for c in constraints]
     report_latency = None

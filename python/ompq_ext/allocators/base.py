@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from ..errors import OmpqValueError
 from ..layers import Layer
 
 
@@ -29,6 +30,18 @@ class Scores:
     gamma: dict[str, float] | None = None
     log_theta: dict[str, float] | None = None
     orm: np.ndarray | None = None  # L x L, planned layers in execution order
+
+    def check(self, names: list[str], method: str) -> None:
+        """Raise unless the scores cover every planned layer (``names``) in the form the solver takes."""
+        if (self.weights is None) == (self.values is None):
+            raise OmpqValueError(f"the {method!r} allocator must score the layers with weights or values, "
+                                 f"exactly one of them")
+        for what in ("weights", "values", "gamma", "log_theta"):
+            table = getattr(self, what)
+            missing = [] if table is None else [n for n in names if n not in table]
+            if missing:
+                raise OmpqValueError(f"the {method!r} allocator's {what} lack the planned layer(s) "
+                                     f"{', '.join(map(repr, missing[:8]))}")
 
 
 @dataclass
@@ -48,6 +61,9 @@ class Allocator(ABC):
 
     name: str = ""  # recorded as the plan's method
     feature_point: str = "output"  # which tensor the collectors get: each layer's "output" or the next "activation"'s
+
+    def check(self, num_samples: int) -> None:
+        """Raise before the feature pass if the allocator cannot work from ``num_samples`` samples."""
 
     def collectors(self, layers: list[Layer], num_samples: int) -> list:
         """Objects with ``add(i, features, source)`` and ``finish()``, fed by the feature pass with the

@@ -14,18 +14,20 @@ class GivenScores(Allocator):
     """``weights``: {layer name: weight >= 0} (maximise sum weight * bits), or ``values``:
     {layer name: {bits: value}} (maximise sum value(bits); give a cost as its negative), covering
     every planned layer. ``name``: the method recorded in the plan; ``settings``: anything worth
-    recording with it."""
+    recording with it (JSON values)."""
 
     def __init__(self, weights: Mapping | None = None, values: Mapping | None = None, *, name: str = "given",
-                 settings: dict | None = None):
+                 settings: Mapping | None = None):
         if (weights is None) == (values is None):
             raise OmpqValueError("GivenScores takes weights={layer: weight} or values={layer: {bits: value}}, "
                                  "exactly one of them")
-        for argument, table in (("weights", weights), ("values", values)):
+        for argument, table in (("weights", weights), ("values", values), ("settings", settings)):
             if table is not None and not isinstance(table, Mapping):
-                raise OmpqTypeError(f"GivenScores: {argument} must be a dict keyed by layer name")
-        self.weights = None if weights is None else dict(weights)
-        self.values = None if values is None else {n: dict(row) for n, row in values.items()}
+                raise OmpqTypeError(f"GivenScores: {argument} must be a dict" +
+                                    (" keyed by layer name" if argument != "settings" else ""))
+        self.weights = None if weights is None else {n: _number(w, f"the weight of layer {n!r}", nonnegative=True)
+                                                     for n, w in weights.items()}
+        self.values = None if values is None else {n: _row(n, row) for n, row in values.items()}
         self.name = name
         self._settings = dict(settings or {})
 
@@ -37,11 +39,28 @@ class GivenScores(Allocator):
         names = [x.name for x in data.layers]
         if self.values is not None:
             return Scores(values={n: self.values[n] for n in names})
-        for n in names:
-            w = self.weights[n]
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-                raise OmpqValueError(f"GivenScores: the weight of layer {n!r} must be finite and >= 0, got {w!r}")
-        return Scores(weights={n: float(self.weights[n]) for n in names})
+        return Scores(weights={n: self.weights[n] for n in names})
 
     def settings(self) -> dict:
         return self._settings
+
+
+def _number(value, what: str, *, nonnegative: bool = False) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise OmpqValueError(f"GivenScores: {what} must be a number, got {value!r}") from None
+    if not math.isfinite(x) or nonnegative and x < 0:
+        raise OmpqValueError(f"GivenScores: {what} must be finite{' and >= 0' if nonnegative else ''}, got {value!r}")
+    return x
+
+
+def _row(name, row) -> dict[int, float]:
+    if not isinstance(row, Mapping):
+        raise OmpqTypeError(f"GivenScores: the values of layer {name!r} must be a dict {{bits: value}}")
+    out = {}
+    for b, v in row.items():
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise OmpqValueError(f"GivenScores: layer {name!r} has a value for bits {b!r}; bits are integers")
+        out[b] = _number(v, f"the value of layer {name!r} at {b} bits")
+    return out

@@ -41,9 +41,11 @@ class OMPQ(Allocator):
         self.beta, self.objective, self.feature_point, self.estimator = beta, objective, feature_point, estimator
         self.num_threads = num_threads
 
-    def collectors(self, layers, num_samples):
+    def check(self, num_samples):
         if self.estimator == "unbiased" and num_samples < 4:
             raise OmpqValueError(f"the unbiased estimator needs num_samples >= 4, got {num_samples}")
+
+    def collectors(self, layers, num_samples):
         return [GramCollector(layers, num_samples, num_threads=self.num_threads)]
 
     def scores(self, data: ScoringInput) -> Scores:

@@ -61,7 +61,7 @@ def check_limit(value, what: str, *, integer: bool = True):
     """A budget value: finite and >= 0 (an integer unless ``integer`` is False), or a named error."""
     try:
         value = index(value) if integer else float(value)
-    except TypeError:
+    except (TypeError, ValueError):
         raise OmpqValueError(f"{what} must be {'an integer' if integer else 'a number'}, got {value!r}") from None
     if not (value >= 0 and math.isfinite(value)):
         raise OmpqValueError(f"{what} must be finite and >= 0, got {value}")
@@ -76,21 +76,21 @@ def per_bit_table(groups, allowed, rows, name: str, what: str, *, nonnegative: b
             f"{name} has {len(rows)} entries for {len(groups)} groups; "
             f"give one mapping bits -> {what} per group, in group order"
         )
-    table = []
-    for g, bits, row in zip(groups, allowed, rows):
-        if not isinstance(row, Mapping):
-            raise OmpqValueError(f"group {g.name!r}: {name} entry must be a mapping bits -> {what}")
-        missing = [b for b in bits if b not in row]
-        if missing:
-            raise OmpqValueError(
-                f"group {g.name!r}: {name} has no entry for bits {missing}; "
-                f"give a {what} for every allowed bit-width"
-            )
-        try:
-            row = {b: float(row[b]) for b in bits}
-        except (TypeError, ValueError):
-            raise OmpqValueError(f"group {g.name!r}: {what}s must be numbers") from None
-        if not all(math.isfinite(v) and (v >= 0 or not nonnegative) for v in row.values()):
-            raise OmpqValueError(f"group {g.name!r}: {what}s must be finite{' and >= 0' if nonnegative else ''}")
-        table.append(row)
-    return table
+    return [bit_row(row, bits, f"group {g.name!r}", name, what, nonnegative=nonnegative)
+            for g, bits, row in zip(groups, allowed, rows)]
+
+
+def bit_row(row, bits, where: str, name: str, what: str, *, nonnegative: bool) -> dict[int, float]:
+    """One entry of such a table (``where``: whose entry, for messages): {bit: float} over ``bits``."""
+    if not isinstance(row, Mapping):
+        raise OmpqValueError(f"{where}: {name} entry must be a mapping bits -> {what}")
+    missing = [b for b in bits if b not in row]
+    if missing:
+        raise OmpqValueError(f"{where}: {name} has no entry for bits {missing}; give a {what} for every allowed bit-width")
+    try:
+        row = {b: float(row[b]) for b in bits}
+    except (TypeError, ValueError):
+        raise OmpqValueError(f"{where}: {what}s must be numbers") from None
+    if not all(math.isfinite(v) and (v >= 0 or not nonnegative) for v in row.values()):
+        raise OmpqValueError(f"{where}: {what}s must be finite{' and >= 0' if nonnegative else ''}")
+    return row

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 from .base import Constraint, check_limit
 
 
@@ -27,6 +29,9 @@ class SizeConstraint(Constraint):
 
     def describe(self) -> str:
         return f"size budget {mib(self.limit)} ({self.limit} bits)"
+
+    def to_json(self) -> dict:  # value in bytes, as a size budget's record
+        return {**super().to_json(), "value": str(Fraction(self.limit, 8))}
 
     def too_low(self, smallest) -> str:
         return (f"{self.describe()} is below the smallest achievable size {mib(smallest)} ({smallest} bits) with "

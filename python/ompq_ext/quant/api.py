@@ -191,6 +191,9 @@ def quantize(
         raise OmpqValueError("give the recipe either as config=... or as keywords (method=, act_bits=, ...), "
                              "not both")
     config = as_config(config)
+    if records is not None and config.method not in RECONSTRUCTION_METHODS:
+        raise OmpqValueError(f"records collects what reconstruction did; method={config.method!r} reconstructs "
+                             f"nothing (use 'adaround' or 'brecq')")
     plan = _as_plan(plan)
     act = _resolve_act_bits(config.act_bits, plan)
     reconstructing = config.method in RECONSTRUCTION_METHODS

@@ -53,6 +53,22 @@ class AdaRoundConfig(RTNConfig):
     chunk_size: int = 256
     keep_best: bool = True
 
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("iters", "batch_size", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OmpqValueError(f"{name} must be a positive integer, got {value!r}")
+        try:
+            ok = (self.reg_weight >= 0 and self.lr > 0 and 0 <= self.warmup < 1 and len(self.beta_range) == 2
+                  and all(b > 0 for b in self.beta_range))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise OmpqValueError("need reg_weight >= 0, lr > 0, 0 <= warmup < 1 and beta_range = (start, end) > 0; "
+                                 f"got reg_weight={self.reg_weight!r}, lr={self.lr!r}, warmup={self.warmup!r}, "
+                                 f"beta_range={self.beta_range!r}")
+
 
 @dataclass(frozen=True)
 class BRECQConfig(AdaRoundConfig):
@@ -72,14 +88,10 @@ def make_config(method: str = "rtn", **options) -> RTNConfig:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(options) - known)
     if unknown:
-        reconstruction = {f.name for f in fields(BRECQConfig)} - _RTN_FIELDS
-        if set(unknown) <= reconstruction:
-            raise OmpqValueError(
-                f"{', '.join(unknown)}: unknown argument(s) for method={method!r}; "
-                f"reconstruction options apply to method='adaround' or 'brecq'"
-            )
-        raise OmpqValueError(f"{', '.join(unknown)}: unknown argument(s) for method={method!r}; "
-                             f"it takes {', '.join(sorted(known))}")
+        owners = [m for m, c in CONFIGS.items() if set(unknown) <= {f.name for f in fields(c)}]
+        where = (f"they are options of method={' or '.join(map(repr, owners))}" if owners
+                 else f"method={method!r} takes {', '.join(sorted(known))}")
+        raise OmpqValueError(f"{', '.join(unknown)}: unknown argument(s) for method={method!r}; {where}")
     return cls(**options)
 
 

@@ -8,7 +8,7 @@ a loop; docs/QAT.md shows the loop written out by hand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -79,8 +79,8 @@ def finetune(
     scale_lr : learning rate of the quantizer scales (LSQ); default ``lr``; 0 freezes them.
     optimizer : "adam" or "sgd" (momentum 0.9). weight_decay : applied to the float parameters only.
     input_fn : turns a batch into ``(inputs, target)``; by default a batch is ``(inputs, target)``.
-        ``inputs`` is passed as ``model(inputs)``, ``model(*inputs)`` for a tuple/list or
-        ``model(**inputs)`` for a dict.
+        ``inputs`` is passed as ``model(inputs)``, ``model(*inputs)`` for a tuple/list,
+        ``model(**inputs)`` for a dict, ``model(*args, **kwargs)`` for a pair ``(args tuple, kwargs dict)``.
     train_mode : run in train mode (BatchNorm uses batch statistics and updates its running
         statistics); False keeps every module's mode (e.g. eval: frozen BatchNorm statistics).
         The model's modes are restored at the end either way.
@@ -123,7 +123,8 @@ def finetune(
         with progress_bar(steps, "ompq: QAT", "step", progress, leave=True) as bar:
             for _, batch in zip(range(steps), _batches(loader)):
                 x, y = unpack(batch)
-                args, kwargs = as_call(x, "the batch's inputs")
+                args, kwargs = as_call(x, "the batch's inputs") if isinstance(x, (torch.Tensor, Mapping, list, tuple)) \
+                    else ((x,), {})
                 loss = loss_fn(qmodel(*args, **kwargs), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
