@@ -411,9 +411,13 @@ def test_error_after_the_progress_display_ends_stderr(env, capsys):
     assert last.startswith("ompq-ext: error: size budget")
 
 
-def test_not_enough_samples(env, capsys):
-    err = error_of(env, capsys, extra=["--num-samples", "64"])
-    assert "only 32 samples" in err
+def test_fewer_samples_than_asked_plan_with_a_warning(env, capsys):
+    with pytest.warns(UserWarning, match="yielded 32 samples, fewer than num_samples=64: all 32 are used"):
+        p, _, _ = plan_file(env, capsys, "--num-samples", "64")
+    assert p.settings.num_samples == 32
+    torch.save(env.x[:3], env.path("three.pt"))
+    err = error_of(env, capsys, data="three.pt")
+    assert "only 3 samples" in err and "at least 4" in err
 
 
 def test_corrupt_data_file(env, capsys):

@@ -252,19 +252,29 @@ def test_nan_features_name_the_layer():
     assert after["hooks"] == before["hooks"]
 
 
-def test_constant_layer_is_reported():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+def test_constant_layer_is_planned_with_a_warning():
+    """A layer whose output is the same for every sample (here: zero weights, as torchvision's ViT head)
+    is planned as fully redundant with every other layer: the smallest weight, the others unchanged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.Linear(3, 2))
+    x = torch.randn(16, 4)
     with torch.no_grad():
-        model[0].weight.zero_()
-    with pytest.raises(FeatureError, match="'0'.*same features"):
-        ompq_ext.plan(model, [torch.randn(16, 4)], "4bits", num_samples=16, progress=False)
+        model[5].weight.zero_()
+    with pytest.warns(UserWarning, match="1 layer.*same features.*'5'.*fully redundant"):
+        p = ompq_ext.plan(model, [x], "4bits", bits=range(2, 9), num_samples=16, progress=False)
+    assert p.orm[3].tolist() == [1.0] * 4 and p.orm[:, 3].tolist() == [1.0] * 4
+    assert p.layers[3].weight == min(x.weight for x in p.layers) < 1
+    # The other layers' weights are those of a plan without the constant layer.
+    without = ompq_ext.plan(model, [x], "4bits", exclude="5", num_samples=16, progress=False)
+    assert [x.weight for x in p.layers[:3]] == pytest.approx([x.weight for x in without.layers], rel=1e-12)
+    assert p.totals.avg_bits <= 4
 
 
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
         (dict(loader=[]), OmpqValueError, "no samples"),
-        (dict(loader=[torch.randn(8, 6)]), OmpqValueError, "only 8 samples"),
+        (dict(loader=[torch.randn(3, 6)]), OmpqValueError, "only 3 samples but num_samples=32 \\(at least 4\\)"),
         (dict(loader=[torch.randn(8, 6)], num_samples=3, estimator="unbiased"), OmpqValueError, "unbiased.*>= 4"),
         (dict(bits=[]), OmpqValueError, "empty"),
         (dict(bits=[0, 4]), OmpqValueError, "1..16"),
@@ -419,3 +429,14 @@ def test_feature_point_activation_without_activation_modules_warns():
         p = ompq_ext.plan(model, [x], "4bits", feature_point="activation", progress=False)
     q = ompq_ext.plan(model, [x], "4bits", progress=False)
     assert np.array_equal(p.orm, q.orm)
+
+
+def test_num_samples_is_an_upper_bound():
+    torch.manual_seed(0)
+    model, x = mlp(6, (8, 8), 2), torch.randn(8, 6)
+    with pytest.warns(UserWarning, match="yielded 8 samples, fewer than num_samples=32: all 8 are used"):
+        p = ompq_ext.plan(model, [x[:5], x[5:]], "4bits", progress=False)
+    q = ompq_ext.plan(model, [x], "4bits", num_samples=8, progress=False)
+    assert p.settings.num_samples == 8 and p.bits == q.bits and np.array_equal(p.orm, q.orm)
+    with pytest.raises(OmpqValueError, match="only 3 samples.*at least 4"):
+        ompq_ext.plan(model, [x[:3]], "4bits", progress=False)

@@ -18,7 +18,7 @@ from torch import nn
 from . import _core, cuda_kernels
 from .errors import FeatureError, OmpqValueError, check_choice
 from .guard import untouched
-from .inputs import call_model, first_tensor
+from .inputs import call_model, first_tensor, sample_count
 from .layers import Layer
 from .progress import progress_bar
 
@@ -160,7 +160,7 @@ def observe(model: nn.Module, layers: list[Layer], samples, collectors=(), *, fe
     """
     check_choice("bn_mode", bn_mode, BN_MODES)
     args, kwargs = samples
-    n = first_tensor((args, kwargs)).shape[0]
+    n = sample_count(samples)
     with progress_bar(len(layers), "ompq: feature pass", "layer", progress) as bar:
         with untouched(model), torch.no_grad(), FeaturePass(
             layers, n, collectors, feature_point=feature_point, model=model, progress=bar

@@ -9,6 +9,7 @@ the stages that need N samples at once (a Gram over every pair of samples) run t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -138,10 +139,11 @@ def batch_call(batch, input_fn=None) -> tuple[tuple, dict]:
 
 
 def gather_samples(loader, num_samples: int, input_fn=None, *, loader_name: str = "loader",
-                   count_name: str = "num_samples") -> tuple[tuple, dict]:
+                   count_name: str = "num_samples", min_samples: int | None = None) -> tuple[tuple, dict]:
     """Draw batches until ``num_samples`` samples are in hand and join them into one model call
-    (args, kwargs) of exactly that many samples. ``loader_name`` / ``count_name``: how the caller
-    calls these arguments, for the error messages."""
+    (args, kwargs) of exactly that many samples. With ``min_samples``, ``num_samples`` is an upper
+    bound: a loader that runs out after at least ``min_samples`` gives all it has, with a warning.
+    ``loader_name`` / ``count_name``: how the caller calls these arguments, for the messages."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
         raise OmpqValueError(f"{count_name} must be an integer >= 2, got {num_samples!r}")
     if isinstance(loader, torch.Tensor):
@@ -167,12 +169,22 @@ def gather_samples(loader, num_samples: int, input_fn=None, *, loader_name: str 
     if have == 0:
         raise OmpqValueError(f"the {loader_name} yielded no samples; give it at least {count_name} inputs")
     if have < num_samples:
-        raise OmpqValueError(
-            f"the {loader_name} yielded only {have} samples but {count_name}={num_samples}; "
-            f"give more data or lower {count_name}"
-        )
+        if min_samples is None or have < min_samples:
+            at_least = "" if min_samples is None else f" (at least {min_samples})"
+            raise OmpqValueError(
+                f"the {loader_name} yielded only {have} samples but {count_name}={num_samples}{at_least}; "
+                f"give more data or lower {count_name}"
+            )
+        warnings.warn(f"the {loader_name} yielded {have} samples, fewer than {count_name}={num_samples}: "
+                      f"all {have} are used", stacklevel=3)
+        num_samples = have
     args, kwargs = join_samples([c[0] for c in calls], sizes), join_samples([c[1] for c in calls], sizes)
     return select_samples(args, slice(0, num_samples), have), select_samples(kwargs, slice(0, num_samples), have)
+
+
+def sample_count(samples) -> int:
+    """The number of samples in (args, kwargs) from ``gather_samples``."""
+    return first_tensor(samples).shape[0]
 
 
 def call_model(model: nn.Module, args, kwargs, *, samples: str, error=FeatureError):

@@ -13,15 +13,16 @@ import numpy as np
 import torch
 
 from . import _core, cuda_kernels
-from .errors import FeatureError, OmpqValueError
+from .errors import OmpqValueError
 
 ESTIMATORS = ("biased", "unbiased")
 OBJECTIVES = ("suffix_mean", "layer")
 
 
-def orm_matrix(grams, names: list[str], estimator: str = "biased", num_threads: int = 0) -> np.ndarray:
+def orm_matrix(grams, estimator: str = "biased", num_threads: int = 0) -> np.ndarray:
     """L x L linear-CKA matrix from (L, N, N) Grams (a numpy array, or a CUDA tensor: then formed on
-    its GPU); a layer whose features do not vary across the samples has no CKA and is reported by name."""
+    its GPU). A layer whose features do not vary across the samples has no CKA: its row and column
+    are NaN (see ``constant_as_redundant``)."""
     if estimator not in ESTIMATORS:
         raise OmpqValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     n = grams.shape[1]
@@ -31,13 +32,22 @@ def orm_matrix(grams, names: list[str], estimator: str = "biased", num_threads: 
         orm = cuda_kernels.orm_matrix(grams, estimator)
     else:
         orm = _core.orm_matrix(np.ascontiguousarray(grams, dtype=np.float64), estimator, num_threads)
-    bad = [names[i] for i in range(len(names)) if np.isnan(orm[i, i])]
-    if bad:
-        raise FeatureError(
-            f"layer(s) {', '.join(repr(b) for b in bad)} gave the same features for every sample, so their "
-            f"orthogonality is undefined; exclude them or use more varied samples"
-        )
     return orm
+
+
+def constant_as_redundant(orm: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """The ORM matrix with every constant layer (NaN diagonal: the same features for every sample)
+    counted as fully redundant with every other layer (ORM 1), and those layers' indices.
+
+    A constant layer carries no information about the samples, so it gets the largest gamma and
+    the smallest objective weight; every other layer's gamma rises by the same 1, which changes no
+    other layer's weight under objective="layer"."""
+    constant = [i for i in range(len(orm)) if np.isnan(orm[i, i])]
+    if constant:
+        orm = orm.copy()
+        orm[constant, :] = 1.0
+        orm[:, constant] = 1.0
+    return orm, constant
 
 
 def importance(orm: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from .allocators import ALLOCATORS, OMPQ, Allocator, Scores, ScoringInput
 from .allocators.ompq import DEFAULT_BETA, DEFAULT_OBJECTIVE
 from .errors import FeatureError, OmpqTypeError, OmpqValueError, check_choice
 from .features import BN_MODES, observe
-from .inputs import gather_samples
+from .inputs import gather_samples, sample_count
 from .layers import find_layers
 from .problem import check_options, build_problem, solve_problem
 from .record import BudgetRecord, GroupPlan, LayerPlan, ModelInfo, Plan, Settings, SolverRecord, Totals
@@ -65,7 +65,8 @@ def plan(
     include / exclude / layer_types: which layers are planned (names as glob
         patterns, or module types). ties: lists of layer names that share bits.
     num_samples: inputs drawn from ``loader`` (tensors, (input, target) tuples
-        or dicts; input_fn turns anything else into model inputs).
+        or dicts; input_fn turns anything else into model inputs); an upper bound: a loader with
+        fewer (at least the method's minimum, 4 for OMPQ) gives all it has, with a warning.
     beta (default 0.1), objective ("layer", the default: theta_i alone | "suffix_mean", the
         reference code's mean over layer i and every later layer), feature_point ("output": each
         layer's own output | "activation": the output of the first activation module that runs
@@ -86,7 +87,8 @@ def plan(
     options = check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
                             latency_table=latency_table, latency_budget=latency_budget)
     with _stage(timing, "data"):
-        samples = gather_samples(loader, num_samples, input_fn)
+        samples = gather_samples(loader, num_samples, input_fn, min_samples=allocator.min_samples)
+        num_samples = sample_count(samples)  # fewer than asked where the loader ran out (with a warning)
     with _stage(timing, "features"):
         collectors = allocator.collectors(layers, num_samples)
         seen = observe(model, layers, samples, collectors, feature_point=allocator.feature_point,

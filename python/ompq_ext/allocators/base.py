@@ -60,6 +60,7 @@ class Allocator(ABC):
     """Turns a model and its planning samples into scores for the exact solver."""
 
     name: str = ""  # recorded as the plan's method
+    min_samples: int = 2  # planning proceeds from this many samples when the loader has fewer than asked
     feature_point: str = "output"  # which tensor the collectors get: each layer's "output" or the next "activation"'s
 
     def check(self, num_samples: int) -> None:

@@ -9,9 +9,12 @@ defaults differ where the allocation-quality study measured better plans (docs/Q
 
 from __future__ import annotations
 
+import warnings
+
 from ..errors import OmpqValueError, check_choice
 from ..features import FEATURE_POINTS, GramCollector
-from ..orthogonality import ESTIMATORS, OBJECTIVES, check_beta, importance, log_theta, objective_weights, orm_matrix
+from ..orthogonality import (ESTIMATORS, OBJECTIVES, check_beta, constant_as_redundant, importance, log_theta,
+                             objective_weights, orm_matrix)
 from .base import Allocator, Scores, ScoringInput
 
 # Defaults set by the allocation-quality study (docs/QUALITY.md, "Defaults"): beta 0.03..0.3 give the
@@ -31,6 +34,7 @@ class OMPQ(Allocator):
     """
 
     name = "ompq"
+    min_samples = 4  # fewer samples leave the centred Grams too little room to tell layers apart
 
     def __init__(self, *, beta: float = DEFAULT_BETA, objective: str = DEFAULT_OBJECTIVE,
                  feature_point: str = "output", estimator: str = "biased", num_threads: int = 0):
@@ -51,7 +55,14 @@ class OMPQ(Allocator):
     def scores(self, data: ScoringInput) -> Scores:
         (grams,) = data.collectors
         names = [x.name for x in data.layers]
-        orm = orm_matrix(grams.grams_of(data.indices), names, self.estimator, self.num_threads)
+        orm, constant = constant_as_redundant(orm_matrix(grams.grams_of(data.indices), self.estimator,
+                                                         self.num_threads))
+        if constant:
+            warnings.warn(f"{len(constant)} layer(s) gave the same features for every sample, so their orthogonality "
+                          f"is undefined: {', '.join(repr(names[i]) for i in constant[:8])}"
+                          f"{', ...' if len(constant) > 8 else ''}; each is planned as fully redundant with every "
+                          f"other layer (the smallest objective weight). Exclude them or use more varied samples "
+                          f"to plan them otherwise.", stacklevel=4)
         gamma = importance(orm)
         logt = log_theta(gamma, self.beta)
         weights = objective_weights(logt, self.objective)
