@@ -1,19 +1,23 @@
-"""The feature pass: one forward of the N planning samples with a hook on every planned layer.
+"""The feature pass: one forward of the N planning samples that sees every use of the planned weights.
 
-The pass records the order in which the layers first run, how often each runs and its MACs per
-sample (what every allocator and the BOPs budget need), and hands each layer's features to the
-allocator's collectors while the forward runs, so that no feature map outlives its layer.
+The pass records the order in which the weights are first used, how often each is used and its
+MACs per sample (what every allocator and the BOPs budget need), and hands each weight's features
+(the output of the op that consumed it) to the allocator's collectors while the forward runs, so
+that no feature map outlives its op.
 ``GramCollector`` is OMPQ's collector: it folds each layer's features into its N x N Gram
 matrix through the C++ core (or the CUDA kernels), so memory is O(L N^2), not O(sum N d_i).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from . import _core, cuda_kernels
 from .errors import FeatureError, OmpqValueError, check_choice
@@ -41,24 +45,62 @@ def is_activation(module: nn.Module) -> bool:
 
 @dataclass
 class Observation:
-    """What the feature pass saw of the planned layers (indices into its ``layers`` list)."""
+    """What the feature pass saw of the planned weights (indices into its ``layers`` list)."""
 
-    order: list[int]  # layers in the order they first ran
-    calls: list[int]  # how often each layer ran
-    macs: list[int]  # MACs per sample of each layer, over all its calls
+    order: list[int]  # weights in the order their first use ran
+    calls: list[int]  # how often each weight was used
+    macs: list[int]  # MACs per sample of each weight, over all its uses
     activation_calls: int  # activation modules that ran (feature_point="activation")
+    outside: list[bool] = field(default_factory=list)  # used outside its own module's call (functionally)
+
+
+# The ops that consume a weight, where it sits in their arguments, and the axis of its output channels.
+_WEIGHT_OPERAND = {
+    F.linear: (1, "weight", 0), torch.conv1d: (1, "weight", 0), torch.conv2d: (1, "weight", 0),
+    torch.conv3d: (1, "weight", 0), torch.addmm: (2, "mat2", -1), torch.mm: (1, "mat2", -1),
+    torch.matmul: (1, "other", -1), torch.Tensor.matmul: (1, "other", -1), torch.Tensor.__matmul__: (1, None, -1),
+}
+_ATTENTION = inspect.signature(F.multi_head_attention_forward)
+
+
+class _OpObserver(TorchFunctionMode):
+    """Active during the feature pass only: sees every op that consumes a planned weight."""
+
+    def __init__(self, feature_pass: "FeaturePass"):
+        super().__init__()
+        self.feature_pass = feature_pass
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.multi_head_attention_forward:
+            self.feature_pass._attention(args, kwargs, out)
+            return out
+        where = _WEIGHT_OPERAND.get(func)
+        if where is not None:
+            index, keyword, axis = where
+            weight = args[index] if len(args) > index else kwargs.get(keyword)
+            if isinstance(weight, torch.Tensor) and id(weight) in self.feature_pass._by_weight:
+                self.feature_pass._op_use(weight, out, axis)
+        return out
 
 
 class FeaturePass:
-    """Forward hooks on the planned layers (and, for ``feature_point="activation"``, on the
-    activation modules) for one forward pass; each layer's features go to every collector's
-    ``add(i, features, source)``.
+    """One forward pass that sees every use of the planned weights and hands each weight's features to
+    every collector's ``add(i, features, source)``.
 
-    ``feature_point="output"``: a layer's features are its own output. ``"activation"``: the
-    output of the first activation module that runs after the layer (for a ResNet block's last
-    conv and its shortcut that is the block output, after the residual add and ReLU, as in the
-    reference code); a layer that no activation follows keeps its own output. A layer called
-    twice hands over features twice (a collector concatenates them).
+    A weight is seen where an op consumes it (``F.linear``, ``F.conv1d/2d/3d``, ``addmm`` / ``mm`` /
+    ``matmul`` with it as the second operand, and ``F.multi_head_attention_forward`` for its
+    projection weights), through a ``TorchFunctionMode`` active only during the pass; its features
+    are that op's output (for ``addmm`` / ``mm`` over flattened tokens, the rows regrouped by sample;
+    for an attention's packed projection, its q, k and v outputs side by side). Weights of the user's
+    own ``layer_types`` are seen through a hook on their module, with the module's output as features.
+
+    ``feature_point="output"``: those features. ``"activation"``: the output of the first activation
+    module that runs after the use (for a ResNet block's last conv and its shortcut that is the block
+    output, after the residual add and ReLU, as in the reference code); a weight that no activation
+    follows keeps its own. A weight used twice hands over features twice (a collector concatenates
+    them); a weight shared by two modules belongs to the module whose call uses it.
     """
 
     def __init__(self, layers: list[Layer], num_samples: int, collectors=(), *, feature_point: str = "output",
@@ -71,28 +113,44 @@ class FeaturePass:
         self.collectors = list(collectors)
         self.feature_point = feature_point
         self.model = model
-        self.progress = progress  # a progress bar, advanced once per layer that runs
-        self.observation = Observation(order=[], calls=[0] * len(layers), macs=[0] * len(layers), activation_calls=0)
-        self._pending: dict[int, torch.Tensor] = {}  # layer -> its own output, until an activation runs
+        self.progress = progress  # a progress bar, advanced once per weight that is used
+        self.observation = Observation(order=[], calls=[0] * len(layers), macs=[0] * len(layers), activation_calls=0,
+                                       outside=[False] * len(layers))
+        self._by_weight: dict[int, list[int]] = {}  # id(weight) -> the weights' indices (several where shared)
+        for i, layer in enumerate(layers):
+            if not layer.by_output:
+                self._by_weight.setdefault(id(layer.weight), []).append(i)
+        self._running: list[nn.Module] = []  # modules owning planned weights whose call is under way
+        self._pending: dict[int, torch.Tensor] = {}  # weight -> its features, until an activation runs
         self._handles = []
+        self._mode = _OpObserver(self)
 
     def __enter__(self):
+        owners = {}
         for i, layer in enumerate(self.layers):
-            self._handles.append(layer.module.register_forward_hook(self._hook(i)))
+            if layer.by_output:
+                self._handles.append(layer.module.register_forward_hook(self._output_hook(i)))
+            elif layer.attr == "weight":
+                owners[id(layer.module)] = layer.module
+        for module in owners.values():
+            self._handles.append(module.register_forward_pre_hook(self._enter_module))
+            self._handles.append(module.register_forward_hook(self._leave_module))
         if self.feature_point == "activation":
             for module in self.model.modules():
                 if is_activation(module):
                     self._handles.append(module.register_forward_hook(self._activation_hook))
+        self._mode.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
         for h in self._handles:
             h.remove()
         self._handles.clear()
         return False
 
     def finish(self) -> Observation:
-        """After the forward pass: layers that no activation followed hand over their own output;
+        """After the forward pass: weights that no activation followed hand over their own features;
         then every collector finishes."""
         for i, out in self._pending.items():
             self._hand_over(i, out, f"layer {self.layers[i].name!r}")
@@ -100,6 +158,94 @@ class FeaturePass:
         for c in self.collectors:
             c.finish()
         return self.observation
+
+    # ------------------------------------------------------------ what the hooks and the mode see
+
+    def _enter_module(self, module, args):
+        self._running.append(module)
+
+    def _leave_module(self, module, args, output):
+        self._running.pop()
+
+    def _op_use(self, weight: torch.Tensor, out: torch.Tensor, axis: int):
+        units = self._by_weight[id(weight)]
+        i = units[0]
+        for module in reversed(self._running):  # a weight shared by modules: the one whose call this is
+            owned = [j for j in units if self.layers[j].module is module and self.layers[j].attr == "weight"]
+            if owned:
+                i = owned[0]
+                break
+        layer = self.layers[i]
+        inside = layer.attr == "weight" and any(m is layer.module for m in self._running)
+        self.observation.outside[i] |= not inside
+        out = self._by_sample(out, f"layer {layer.name!r}")
+        self._use(i, out, (out[0].numel()) * (weight.numel() // weight.shape[axis]))
+
+    def _attention(self, args, kwargs, out):
+        """F.multi_head_attention_forward: its projections run inside it, where the mode cannot see them.
+        The in-projection is computed once more from its inputs; the out-projection's output is the result."""
+        a = _ATTENTION.bind(*args, **kwargs)
+        a.apply_defaults()
+        a = a.arguments
+        query, key, value = a["query"], a["key"], a["value"]
+        if query.dim() != 3:  # unbatched attention: no sample dimension to plan from
+            return
+        embed = query.shape[-1]
+        bias = a["in_proj_bias"]
+
+        def projection(x, w, part):
+            b = None if bias is None else bias[part * embed:(part + 1) * embed]
+            return F.linear(x, w, b).transpose(0, 1)  # (L, N, E) -> samples first
+
+        if a["use_separate_proj_weight"]:
+            uses = [(a[f"{p}_proj_weight"], [projection(x, a[f"{p}_proj_weight"], k)])
+                    for k, (p, x) in enumerate(zip("qkv", (query, key, value)))]
+        else:
+            w = a["in_proj_weight"]
+            packed = [projection(x, w[k * embed:(k + 1) * embed], k) for k, x in enumerate((query, key, value))]
+            uses = [(w, packed)]
+        uses.append((a["out_proj_weight"], [out[0].transpose(0, 1)]))
+        for weight, parts in uses:
+            units = self._by_weight.get(id(weight))
+            if units:
+                i = units[0]
+                self.observation.outside[i] = True
+                feats = torch.cat([p.reshape(self.n, -1) for p in parts], dim=1)
+                in_features = weight.shape[1]
+                self._use(i, feats, sum(p[0].numel() for p in parts) * in_features)
+
+    def _output_hook(self, i):
+        layer = self.layers[i]
+
+        def hook(module, inputs, output):
+            out = first_tensor(output)
+            if out is None or not out.is_floating_point():
+                raise FeatureError(f"layer {layer.name!r} returned no floating-point tensor; exclude it")
+            weight = layer.weight
+            self._use(i, out, out[0].numel() * (weight.numel() // weight.shape[0]))
+
+        return hook
+
+    def _use(self, i: int, out: torch.Tensor, macs: int):
+        """One use of weight ``i``: its features ``out`` (samples first) and its MACs per sample."""
+        layer, seen = self.layers[i], self.observation
+        if self.feature_point == "output":
+            self._hand_over(i, out, f"layer {layer.name!r}")
+        else:
+            self._check_batch(out, f"layer {layer.name!r}")
+            self._pending[i] = out.detach()
+        seen.macs[i] += macs
+        if seen.calls[i] == 0:
+            seen.order.append(i)
+            if self.progress is not None:
+                self.progress.update(1)
+        seen.calls[i] += 1
+
+    def _by_sample(self, out: torch.Tensor, source: str) -> torch.Tensor:
+        """An op's output with the samples first: rows of flattened tokens (N*T, C) regroup as (N, T*C)."""
+        if out.dim() >= 2 and out.shape[0] != self.n and out.shape[0] % self.n == 0:
+            return out.reshape(self.n, -1)
+        return out
 
     def _check_batch(self, out: torch.Tensor, source: str):
         if out.dim() == 0 or out.shape[0] != self.n:
@@ -124,30 +270,6 @@ class FeaturePass:
         for i in self._pending:
             self._hand_over(i, out, f"activation {type(module).__name__} after layer {self.layers[i].name!r}")
         self._pending.clear()
-
-    def _hook(self, i):
-        layer = self.layers[i]
-        seen = self.observation
-
-        def hook(module, inputs, output):
-            out = first_tensor(output)
-            if out is None or not out.is_floating_point():
-                raise FeatureError(f"layer {layer.name!r} returned no floating-point tensor; exclude it")
-            if self.feature_point == "output":
-                self._hand_over(i, out, f"layer {layer.name!r}")
-            else:
-                self._check_batch(out, f"layer {layer.name!r}")
-                self._pending[i] = out.detach()
-            # MACs per sample: output elements x weight elements per output channel.
-            weight = module.weight
-            seen.macs[i] += out[0].numel() * (weight.numel() // weight.shape[0])
-            if seen.calls[i] == 0:
-                seen.order.append(i)
-                if self.progress is not None:
-                    self.progress.update(1)
-            seen.calls[i] += 1
-
-        return hook
 
 
 def observe(model: nn.Module, layers: list[Layer], samples, collectors=(), *, feature_point: str = "output",

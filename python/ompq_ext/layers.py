@@ -1,8 +1,15 @@
-"""Which layers of a model are planned, how big they are, and which must share bits.
+"""Which weights of a model are planned, how big they are, and which must share bits.
 
-Any ``nn.Module`` works: layers are found by type (Conv1d/2d/3d and Linear by
-default, plus whatever the user adds) and filtered by name. Nothing here is
-specific to an architecture.
+The unit of planning is a weight consumed by a linear or convolution op. Candidates are found
+here, before the forward pass: the ``weight`` of every Conv1d/2d/3d and Linear module (and of the
+module types the user adds), the projection weights of every ``nn.MultiheadAttention``
+(``in_proj_weight``, used through ``F.multi_head_attention_forward``), and, as *optional*
+candidates, the 2-D or larger ``weight`` of any other module (such as Hugging Face's GPT-2
+``Conv1D``), planned only if the feature pass sees an op consume it. A unit is named by its
+module (``"layers.0.linear1"``) when it is the module's ``weight``, else by the parameter's
+qualified name (``"layers.0.self_attn.in_proj_weight"``). Names are filtered by
+include/exclude; module types by the module that owns the weight. Nothing here is specific
+to an architecture.
 """
 
 from __future__ import annotations
@@ -16,20 +23,27 @@ from torch import nn
 from .errors import OmpqTypeError, OmpqValueError
 
 DEFAULT_LAYER_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# nn.MultiheadAttention's weights that its functional form consumes as linear weights (its out_proj is a Linear).
+_ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+# Modules whose 2-D weight no linear or convolution op consumes.
+_NOT_LINEAR = (nn.Embedding, nn.EmbeddingBag, nn.modules.conv._ConvTransposeNd, nn.Bilinear)
 
 
 @dataclass
 class Layer:
-    """A quantizable layer: its qualified name, type name and weight size."""
+    """A planned weight: its name, its owner's type name, its size, and where it lives."""
 
     name: str
     kind: str
     params: int
-    module: nn.Module = field(repr=False, compare=False)
+    module: nn.Module = field(repr=False, compare=False)  # the module that owns the weight
+    attr: str = "weight"  # the weight's attribute on ``module``
+    by_output: bool = False  # features: the module's output (user layer types), not the consuming op's
+    optional: bool = False  # a weight of an unknown module type: planned only if an op consumes it
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.module.weight
+        return getattr(self.module, self.attr)
 
 
 @dataclass
@@ -68,13 +82,14 @@ def _as_selectors(value, argument: str, *, names: bool = True) -> list:
     return items
 
 
-def find_layers(model: nn.Module, *, include=None, exclude=None, layer_types=()) -> list[Layer]:
-    """Quantizable layers of ``model`` in registration order.
+def find_layers(model: nn.Module, *, include=None, exclude=None, layer_types=(), optional: bool = False) -> list[Layer]:
+    """Quantizable weights of ``model`` in registration order (see the module docstring).
 
     ``layer_types`` adds module types to the defaults (they need a ``weight``
-    parameter). ``include`` keeps only layers matching a name pattern or type;
-    ``exclude`` drops matching layers. Unknown patterns are an error, so a typo
-    does not silently plan the wrong layers.
+    parameter; their features are the module's output). ``include`` keeps only weights
+    matching a name pattern or owner type; ``exclude`` drops matching ones. Unknown patterns
+    are an error, so a typo does not silently plan the wrong layers. ``optional``: also the
+    weights of unknown module types, which plan() keeps where an op consumes them.
     """
     if not isinstance(model, nn.Module):
         raise OmpqTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -82,27 +97,41 @@ def find_layers(model: nn.Module, *, include=None, exclude=None, layer_types=())
     includes = _as_selectors(include, "include")
     excludes = _as_selectors(exclude, "exclude")
     named = list(model.named_modules())
+    unit_names = [n for n, _ in named] + [f"{n}.{a}" if n else a for n, m in named
+                                         if isinstance(m, nn.MultiheadAttention) for a in _ATTENTION_WEIGHTS]
     for argument, selectors in (("include", includes), ("exclude", excludes)):
         for s in selectors:
-            if isinstance(s, str) and not any(fnmatch.fnmatchcase(n, s) for n, _ in named):
+            if isinstance(s, str) and not any(fnmatch.fnmatchcase(n, s) for n in unit_names):
                 raise OmpqValueError(f"{argument} pattern {s!r} matches no module of the model")
+
+    def wanted(unit_name, module):
+        return (not includes or _matches(unit_name, module, includes)) and not _matches(unit_name, module, excludes)
 
     layers = []
     for name, module in named:
-        if not isinstance(module, types):
-            continue
-        if includes and not _matches(name, module, includes):
-            continue
-        if _matches(name, module, excludes):
+        if isinstance(module, nn.MultiheadAttention):
+            for attr in _ATTENTION_WEIGHTS:
+                weight = getattr(module, attr, None)
+                unit = f"{name}.{attr}" if name else attr
+                if isinstance(weight, nn.Parameter) and wanted(unit, module):
+                    layers.append(Layer(unit, f"MultiheadAttention.{attr}", weight.numel(), module, attr=attr))
             continue
         weight = getattr(module, "weight", None)
+        if not isinstance(module, types):
+            if (optional and isinstance(weight, nn.Parameter) and weight.dim() >= 2
+                    and not isinstance(module, _NOT_LINEAR) and wanted(name, module)):
+                layers.append(Layer(name, type(module).__name__, weight.numel(), module, optional=True))
+            continue
+        if not wanted(name, module):
+            continue
         if not isinstance(weight, torch.Tensor):
             raise OmpqTypeError(
                 f"layer {name!r} ({type(module).__name__}) has no weight tensor; exclude it or remove its "
                 f"type from layer_types"
             )
-        layers.append(Layer(name, type(module).__name__, weight.numel(), module))
-    if not layers:
+        layers.append(Layer(name, type(module).__name__, weight.numel(), module,
+                            by_output=not isinstance(module, DEFAULT_LAYER_TYPES)))
+    if not any(not x.optional for x in layers):
         raise OmpqValueError(
             f"the model ({type(model).__name__}) has no quantizable layers "
             f"({', '.join(t.__name__ for t in types)}) left after include/exclude; "
@@ -157,6 +186,18 @@ def group_layers(layers: list[Layer], ties=()) -> list[LayerGroup]:
                 params += layers[i].params
         groups.append(LayerGroup(layers[r].name, [layers[i].name for i in members[r]], params))
     return groups
+
+
+def weight_owner(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:
+    """(owner module, attribute) of the planned weight called ``name`` (see the module docstring), or None
+    where no module is called so. A module's ``weight`` (which may be missing: the caller checks)."""
+    modules = dict(model.named_modules())
+    if name in modules:
+        return modules[name], "weight"
+    parent, _, attr = name.rpartition(".")
+    if parent in modules and attr and isinstance(modules[parent]._parameters.get(attr), torch.Tensor):
+        return modules[parent], attr
+    return None
 
 
 def count_parameters(model: nn.Module) -> int:

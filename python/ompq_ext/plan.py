@@ -83,7 +83,7 @@ def plan(
                            estimator=estimator, num_threads=num_threads)
     allocator.check(num_samples)
     check_choice("bn_mode", bn_mode, BN_MODES)  # before the loader is drawn from
-    layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types)
+    layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types, optional=True)
     options = check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
                             latency_table=latency_table, latency_budget=latency_budget)
     with _stage(timing, "data"):
@@ -107,7 +107,8 @@ def plan(
                         fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
                         ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
                         method_settings=_method_settings(allocator))
-    return _record(model, planned, skipped, problem, scores, allocation, settings, timing)
+    functional = {layers[i].name: seen.outside[i] or layers[i].attr != "weight" for i in seen.order}
+    return _record(model, planned, skipped, problem, scores, allocation, settings, timing, functional)
 
 
 @contextmanager
@@ -124,7 +125,7 @@ def _planned_layers(layers, seen, feature_point):
                       "(functional activations have no module to hook); every layer's own output was used",
                       stacklevel=3)
     planned = [layers[i] for i in seen.order]
-    skipped = [x.name for x, calls in zip(layers, seen.calls) if calls == 0]
+    skipped = [x.name for x, calls in zip(layers, seen.calls) if calls == 0 and not x.optional]
     if not planned:
         raise FeatureError("no planned layer ran in the forward pass; check the model and input_fn")
     if skipped:
@@ -163,7 +164,7 @@ def _method_settings(allocator) -> dict:
     return dict(settings)
 
 
-def _record(model, planned, skipped, problem, scores, allocation, settings, timing) -> Plan:
+def _record(model, planned, skipped, problem, scores, allocation, settings, timing, functional) -> Plan:
     group_of = {n: g.name for g in problem.groups for n in g.layers}
     fixed = {s.name: len(s.bits) == 1 for s in problem.specs}
     group_bits = {s.name: int(b) for s, b in zip(problem.specs, allocation.bits)}
@@ -173,7 +174,7 @@ def _record(model, planned, skipped, problem, scores, allocation, settings, timi
             gamma=None if scores.gamma is None else scores.gamma[x.name],
             log_theta=None if scores.log_theta is None else scores.log_theta[x.name],
             weight=None if scores.weights is None else scores.weights[x.name],
-            bits=group_bits[group_of[x.name]], fixed=fixed[group_of[x.name]],
+            bits=group_bits[group_of[x.name]], fixed=fixed[group_of[x.name]], functional=functional[x.name],
         )
         for x in planned
     ]

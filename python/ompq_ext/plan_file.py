@@ -2,7 +2,8 @@
 
 Format ``ompq_ext.plan``, version 1: the top-level fields ``layers``, ``groups``, ``orm``,
 ``totals``, ``budgets``, ``solver``, ``settings``, ``timing``, ``model``, ``skipped``. Fields
-added since the first files (``settings.method``, ``budgets[].limit``) are optional, so every
+added since the first files (``settings.method``, ``budgets[].limit``, ``layers[].functional``) are
+optional, so every
 version-1 file written so far still loads. A plan whose method does not measure orthogonality
 (any method but "ompq") has null ``orm`` and may have null ``gamma`` / ``log_theta`` / ``weight``.
 
@@ -104,6 +105,7 @@ def check(data, source: str = "plan") -> dict:
             "macs": r.need(raw, "macs", int, where),
             **{key: r.need(raw, key, float, where, nullable=not scored) for key in ("gamma", "log_theta", "weight")},
             "bits": r.need(raw, "bits", int, where), "fixed": r.need(raw, "fixed", bool, where),
+            "functional": bool(r.need(raw, "functional", bool, where, optional=True)),
         }
         if not 1 <= layer["bits"] <= 16:
             raise PlanFileError(f"{source}: {where} ({layer['name']}) has bits {layer['bits']}, outside 1..16")

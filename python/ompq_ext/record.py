@@ -17,6 +17,7 @@ from torch import nn
 
 from . import plan_file
 from .errors import OmpqValueError, PlanFileError
+from .layers import weight_owner
 
 
 class _Record(Mapping):
@@ -54,6 +55,7 @@ class LayerPlan(_Record):
     weight: float | None  # the objective weight the solver used (largest 1 for OMPQ); None for value tables
     bits: int
     fixed: bool
+    functional: bool = False  # used outside its module's own call (e.g. F.linear on it): quantized where it lives
 
     def to_json(self) -> dict:
         return asdict(self)  # the scores a method does not measure are written as null
@@ -274,15 +276,16 @@ class Plan:
 
     def check_model(self, model: nn.Module) -> None:
         """Raise PlanFileError unless every planned layer exists in ``model`` with the same weight size."""
-        modules = dict(model.named_modules())
-        missing = [x.name for x in self.layers if x.name not in modules]
+        owners = {x.name: weight_owner(model, x.name) for x in self.layers}
+        missing = [x.name for x in self.layers if owners[x.name] is None]
         if missing:
             raise PlanFileError(
                 f"the plan does not match this model: {len(missing)} planned layer(s) are missing from it "
                 f"({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}); was the plan made for another model?"
             )
         for x in self.layers:
-            weight = getattr(modules[x.name], "weight", None)
+            module, attr = owners[x.name]
+            weight = getattr(module, attr, None)
             if not isinstance(weight, torch.Tensor) or weight.numel() != x.params:
                 got = "no weight" if not isinstance(weight, torch.Tensor) else f"{weight.numel():,} weights"
                 raise PlanFileError(

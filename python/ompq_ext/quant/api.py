@@ -16,14 +16,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..errors import OmpqError, OmpqTypeError, OmpqValueError
 from ..guard import lent, untouched
 from ..inputs import call_model, gather_samples
 from ..progress import progress_bar, show_progress
+from ..layers import weight_owner
 from ..record import Plan
 from .configs import CONFIGS, RTNConfig, as_config, make_config
-from .modules import QuantLayer, quant_layers
+from .modules import FunctionalWeightQuantizer, QuantLayer, quant_layers, quantized_weights
 
 METHODS = tuple(CONFIGS)
 RECONSTRUCTION_METHODS = ("adaround", "brecq")
@@ -62,6 +64,20 @@ def _resolve_act_bits(act_bits, plan) -> int | None:
 
 def _gather(calib, num_calib, input_fn):
     return gather_samples(calib, num_calib, input_fn, loader_name="calib", count_name="num_calib")
+
+
+_FUSED = (nn.TransformerEncoder, nn.TransformerEncoderLayer, nn.TransformerDecoder, nn.TransformerDecoderLayer)
+
+
+def _no_fused_kernel(module, args):
+    """Forward pre-hook: torch's fused transformer kernels read the weights directly and would skip the
+    quantized layers' own calls (their input quantizers); off for this module's call."""
+    module._ompq_fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+
+
+def _restore_fused_kernel(module, args, output):
+    torch.backends.mha.set_fastpath_enabled(module.__dict__.pop("_ompq_fastpath", True))
 
 
 def _occurrences(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
@@ -130,7 +146,7 @@ def calibrate(qmodel: nn.Module, calib, num_calib: int = 256, *, input_fn=None, 
     statistics) and train/eval flags are left as they were. Returns ``qmodel``."""
     if not isinstance(qmodel, nn.Module):
         raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
-    if not quant_layers(qmodel):
+    if not quantized_weights(qmodel):
         raise OmpqValueError("the model has no quantized layers; make it with ompq_ext.quantize(model, plan, ...)")
     if calib is None:
         raise OmpqValueError("calibrate needs calib data: a DataLoader, a list of batches or a tensor of inputs")
@@ -226,8 +242,18 @@ def quantize(
     modules = dict(qmodel.named_modules())
     places = _occurrences(qmodel)
     wrappers: list[tuple[nn.Module, QuantLayer]] = []
+    functional: list[tuple[nn.Module, str, FunctionalWeightQuantizer]] = []
     shared: dict[int, object] = {}  # id(weight) -> weight quantizer of tied layers
     for layer in plan.layers:
+        owner, attr = weight_owner(qmodel, layer.name)
+        if layer.functional or attr != "weight":
+            try:
+                q = FunctionalWeightQuantizer(getattr(owner, attr), layer.bits, config.weight_scale, name=layer.name,
+                                              kind=layer.kind, macs=layer.macs)
+            except OmpqError as e:
+                raise type(e)(f"layer {layer.name!r}: {e}") from None
+            functional.append((owner, attr, q))
+            continue
         module = modules[layer.name]
         try:
             ql = QuantLayer(module, layer.bits, act, weight_scale_method=config.weight_scale,
@@ -246,6 +272,12 @@ def quantize(
     for module, ql in wrappers:
         for parent, child_name in places[id(module)]:
             setattr(parent, child_name, ql)
+    for owner, attr, q in functional:
+        parametrize.register_parametrization(owner, attr, q)
+    for module in qmodel.modules():
+        if isinstance(module, _FUSED) and any(isinstance(m, QuantLayer) for m in module.modules()):
+            module.register_forward_pre_hook(_no_fused_kernel)
+            module.register_forward_hook(_restore_fused_kernel)
 
     qmodel.eval()
     if act is not None:
@@ -287,28 +319,27 @@ def quant_report(qmodel: nn.Module) -> dict:
     """
     if not isinstance(qmodel, nn.Module):
         raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
-    qlayers = quant_layers(qmodel)
-    if not qlayers:
+    qweights = quantized_weights(qmodel)
+    if not qweights:
         raise OmpqValueError("the model has no quantized layers; make it with ompq_ext.quantize(model, plan, ...)")
     weight_bits: dict[int, int] = {}
     quantizer_ids: set[int] = set()
     rows = []
     bops = 0
-    for name, ql in qlayers:
-        weight = ql.layer.weight
-        bits = int(ql.weight_bits)
+    for qw in qweights:
+        name, weight, bits = qw.name, qw.weight, qw.bits
         if weight_bits.get(id(weight), bits) != bits:
             raise OmpqValueError(f"layer {name!r} shares its weight with a layer at other bits; the size is ambiguous")
         weight_bits[id(weight)] = bits
-        for q in (ql.weight_quantizer, ql.input_quantizer):
+        for q in (qw.weight_quantizer, qw.input_quantizer):
             if q is not None:
                 quantizer_ids.update(id(p) for p in q.parameters())
-        iq = ql.input_quantizer
+        iq = qw.input_quantizer
         act = int(iq.bits) if iq is not None else 32
-        layer_bops = int(ql.macs) * bits * act
+        layer_bops = qw.macs * bits * act
         bops += layer_bops
         rows.append({
-            "name": name, "kind": type(ql.layer).__name__, "params": weight.numel(), "macs": int(ql.macs),
+            "name": name, "kind": qw.kind, "params": weight.numel(), "macs": qw.macs,
             "weight_bits": bits, "act_bits": act,
             "act_signed": (bool(iq.signed) if iq.calibrated else None) if iq is not None else None,
             "size_bits": weight.numel() * bits, "bops": layer_bops,

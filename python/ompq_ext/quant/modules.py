@@ -9,10 +9,12 @@ Works for any layer with a ``weight``: the wrapped layer is called through
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.utils import parametrize
 
 from ..errors import OmpqValueError
 from .ops import fake_quantize, quant_range
@@ -173,6 +175,18 @@ class QuantLayer(nn.Module):
     def quantized_weight(self) -> Tensor:
         return self.weight_quantizer(self.layer.weight)
 
+    @property
+    def weight(self) -> Tensor:
+        """The quantized weight, for code that reads ``module.weight`` of the layer this wrapper replaced."""
+        return self.quantized_weight()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # The wrapped layer's other attributes (bias, in_features, ...), for code that reads them.
+            return getattr(super().__getattr__("layer"), name)
+
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
@@ -188,4 +202,44 @@ def quant_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, QuantLa
     for name, m in module.named_modules():
         if isinstance(m, QuantLayer):
             out.append((f"{prefix}.{name}" if prefix and name else (prefix or name), m))
+    return out
+
+
+class FunctionalWeightQuantizer(WeightQuantizer):
+    """The quantizer of a planned weight used outside its module's own call (``F.linear`` on it, an
+    attention's packed projection), registered as a parametrization of its owner module: every use
+    reads the weight fake-quantized. Its inputs are not quantized (no module call to catch them)."""
+
+    def __init__(self, weight: Tensor, bits: int, method: str = "mse", *, name: str = "", kind: str = "",
+                 macs: int = 0):
+        super().__init__(weight, bits, method)
+        self.name, self.kind, self.macs = name, kind, macs
+
+    def extra_repr(self) -> str:
+        return f"{self.name!r}, {super().extra_repr()}"
+
+
+@dataclass
+class QuantizedWeight:
+    """One quantized weight of a model, however it is quantized (a QuantLayer or a parametrization)."""
+
+    name: str
+    kind: str
+    weight: Tensor  # the float weight
+    weight_quantizer: WeightQuantizer
+    input_quantizer: ActQuantizer | None
+    macs: int  # per sample
+    bits: int
+
+
+def quantized_weights(model: nn.Module) -> list[QuantizedWeight]:
+    """Every quantized weight of ``model``: its QuantLayers, then its parametrized weights."""
+    out = [QuantizedWeight(name, type(ql.layer).__name__, ql.layer.weight, ql.weight_quantizer, ql.input_quantizer,
+                           int(ql.macs), int(ql.weight_bits)) for name, ql in quant_layers(model)]
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for plist in module.parametrizations.values():
+                for q in plist:
+                    if isinstance(q, FunctionalWeightQuantizer):
+                        out.append(QuantizedWeight(q.name, q.kind, plist.original, q, None, int(q.macs), int(q.bits)))
     return out

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import OmpqTypeError, OmpqValueError
 from ..inputs import as_call
 from ..progress import progress_bar
-from .modules import quant_layers
+from .modules import quantized_weights
 
 __all__ = ["finetune", "quantizer_parameters"]
 
@@ -26,7 +26,7 @@ _MIN_SCALE = 1e-8  # scales are kept positive (the fake-quant ops reject scale <
 def quantizer_parameters(qmodel: nn.Module) -> list[nn.Parameter]:
     """The quantizers' own parameters (weight and activation scales) of every QuantLayer, each once."""
     seen, out = set(), []
-    for _, m in quant_layers(qmodel):
+    for m in quantized_weights(qmodel):
         for q in (m.weight_quantizer, m.input_quantizer):
             if q is None:
                 continue
@@ -99,7 +99,7 @@ def finetune(
         raise OmpqValueError("finetune: lr and scale_lr must be >= 0")
     if optimizer not in ("adam", "sgd"):
         raise OmpqValueError(f"finetune: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    if not quant_layers(qmodel):
+    if not quantized_weights(qmodel):
         raise OmpqValueError("finetune: the model has no QuantLayer; quantize it first (ompq_ext.quantize)")
 
     scales = [p for p in quantizer_parameters(qmodel) if p.requires_grad]

