@@ -55,11 +55,12 @@ def peak_rss_bytes() -> int:
     raise OSError("no VmHWM in /proc/self/status")
 
 
-def peak_in_child(script: str, kind: str, samples: int) -> int:
-    """Peak RSS (bytes) that ``script --child KIND --samples N`` prints: each measurement in a fresh process."""
+def peak_in_child(script: str, kind: str, samples: int, *extra: str) -> int:
+    """Peak RSS (bytes) that ``script --child KIND --samples N [extra...]`` prints: each measurement in a
+    fresh process."""
     import sys
 
-    out = subprocess.run([sys.executable, script, "--child", kind, "--samples", str(samples)],
+    out = subprocess.run([sys.executable, script, "--child", kind, "--samples", str(samples), *extra],
                          check=True, capture_output=True, text=True)
     return int(out.stdout.split()[-1])
 

@@ -238,3 +238,43 @@ def test_minilm_every_linear(monkeypatch):
     with torch.no_grad():
         a, b = model(features)["sentence_embedding"], q(features)["sentence_embedding"]
     assert 1e-4 < relative_error(b, a) < 0.5
+
+
+def test_planning_a_transformer_that_raises_leaves_it_as_it_was():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+
+    def fail(module, args, output):
+        raise RuntimeError("midway")
+
+    model.layers[1].linear1.register_forward_hook(fail)
+    before = state(model)
+    with pytest.raises(ompq_ext.FeatureError, match="midway"):
+        ompq_ext.plan(model, [torch.randn(16, 6, 16)], "4bits", progress=False)
+    after = state(model)
+    assert before[1] == after[1] and all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
+    assert torch._C._len_torch_function_stack() == 0  # the observing mode is gone
+    assert model.training is False and all(not m.training for m in model.modules())
+
+
+def test_attention_projections_are_not_computed_twice(monkeypatch):
+    """The feature pass takes q, k, v from torch's own in-projection: no linear op more than a forward."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    model, x = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(), torch.randn(16, 6, 16)
+    calls, real = [], F.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    class PassThrough(TorchFunctionMode):  # a forward on the same (non-fused) path as the feature pass
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), PassThrough():
+        model(x)
+    forward_calls = len(calls)
+    calls.clear()
+    ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False)
+    assert len(calls) == forward_calls > 0
+    assert torch.nn.functional._in_projection_packed.__name__ == "_in_projection_packed"  # put back

@@ -124,6 +124,8 @@ class FeaturePass:
         self._pending: dict[int, torch.Tensor] = {}  # weight -> its features, until an activation runs
         self._handles = []
         self._mode = _OpObserver(self)
+        self._projections = None  # q, k, v of the attention call under way, from torch's own in-projection
+        self._patched = {}
 
     def __enter__(self):
         owners = {}
@@ -139,10 +141,20 @@ class FeaturePass:
             for module in self.model.modules():
                 if is_activation(module):
                     self._handles.append(module.register_forward_hook(self._activation_hook))
+        # F.multi_head_attention_forward's projections run inside it, where the mode cannot see them: its
+        # in-projection helpers are wrapped for the pass to keep their q, k, v (else they are computed again).
+        for name in ("_in_projection_packed", "_in_projection"):
+            original = getattr(F, name, None)
+            if callable(original):
+                self._patched[name] = original
+                setattr(F, name, self._keeping_projections(original))
         self._mode.__enter__()
         return self
 
     def __exit__(self, *exc):
+        for name, original in self._patched.items():
+            setattr(F, name, original)
+        self._patched.clear()
         self._mode.__exit__(*exc)
         for h in self._handles:
             h.remove()
@@ -160,6 +172,14 @@ class FeaturePass:
         return self.observation
 
     # ------------------------------------------------------------ what the hooks and the mode see
+
+    def _keeping_projections(self, original):
+        def projection(*args, **kwargs):
+            out = original(*args, **kwargs)
+            self._projections = out
+            return out
+
+        return projection
 
     def _enter_module(self, module, args):
         self._running.append(module)
@@ -182,8 +202,10 @@ class FeaturePass:
         self._use(i, out, (out[0].numel()) * (weight.numel() // weight.shape[axis]))
 
     def _attention(self, args, kwargs, out):
-        """F.multi_head_attention_forward: its projections run inside it, where the mode cannot see them.
-        The in-projection is computed once more from its inputs; the out-projection's output is the result."""
+        """F.multi_head_attention_forward: the in-projection's q, k, v as torch's helper returned them (or,
+        where torch has no such helper, computed once more from the inputs); the out-projection's output
+        is the result."""
+        kept, self._projections = self._projections, None
         a = _ATTENTION.bind(*args, **kwargs)
         a.apply_defaults()
         a = a.arguments
@@ -194,8 +216,10 @@ class FeaturePass:
         bias = a["in_proj_bias"]
 
         def projection(x, w, part):
+            if kept is not None:
+                return kept[part].transpose(0, 1)  # (L, N, E) -> samples first
             b = None if bias is None else bias[part * embed:(part + 1) * embed]
-            return F.linear(x, w, b).transpose(0, 1)  # (L, N, E) -> samples first
+            return F.linear(x, w, b).transpose(0, 1)
 
         if a["use_separate_proj_weight"]:
             uses = [(a[f"{p}_proj_weight"], [projection(x, a[f"{p}_proj_weight"], k)])

@@ -1,10 +1,12 @@
 """Reference architectures built here (no torchvision needed): ResNets in one
-or two dimensions, ResNet-18 among them, and a plain MLP. The tests, the
+or two dimensions, ResNet-18 among them, a Vision Transformer of torchvision's
+ViT-B/16 shape, and a plain MLP. The tests, the
 benchmarks and the demo use them; nothing in the planner depends on them.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -115,3 +117,43 @@ def mlp(in_features: int = 64, hidden=(128, 64), num_classes: int = 10) -> nn.Se
         prev = h
     layers.append(nn.Linear(prev, num_classes))
     return nn.Sequential(*layers)
+
+
+class _EncoderBlock(nn.Module):
+    """Pre-norm transformer block as torchvision's ViT: attention through nn.MultiheadAttention, then an MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+        self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        x = x + self.self_attention(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class VisionTransformer(nn.Module):
+    """Patches by a strided conv, a class token, learned positions, pre-norm encoder blocks, a linear head."""
+
+    def __init__(self, image_size=224, patch_size=16, layers=12, heads=12, dim=768, mlp_dim=3072, num_classes=1000):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+        tokens = (image_size // patch_size) ** 2 + 1
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.empty(1, tokens, dim).normal_(std=0.02))
+        self.layers = nn.Sequential(*[_EncoderBlock(dim, heads, mlp_dim) for _ in range(layers)])
+        self.ln = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embedding
+        return self.head(self.ln(self.layers(x))[:, 0])
+
+
+def vit_b_16(num_classes: int = 1000) -> VisionTransformer:
+    """ViT-B/16's shape (86.6 M parameters, 224 x 224 inputs), as torchvision's vit_b_16."""
+    return VisionTransformer(num_classes=num_classes)
