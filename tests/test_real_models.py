@@ -63,23 +63,32 @@ def plan_and_check(model, batch, expected_names, *, input_fn=None, budget="4bits
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
 
     q = ompq_ext.quantize(model, p, [batch], input_fn=input_fn, num_calib=16, progress=False)
-    args, kwargs = batch_call(batch, input_fn)
+    assert sorted(x.name for x in quantized_weights(q)) == sorted(expected_names)
+    assert_weights_on_grid(q, batch_call(batch, input_fn))
+    assert ompq_ext.quant_report(q)["plan_size_bits"] == p.totals.size_bits
+    return p, q
+
+
+def assert_weights_on_grid(q, call):
+    """In a forward of the quantized model, the ops receive every quantized weight on its grid."""
     spy = ReceivedWeights()
     with torch.no_grad(), spy:
-        q(*args, **kwargs)
+        q(*call[0], **call[1])
     received = [w for w in spy.received if isinstance(w, torch.Tensor)]
-    qweights = quantized_weights(q)
-    assert sorted(x.name for x in qweights) == sorted(expected_names)
-    for qw in qweights:
+    for qw in quantized_weights(q):
         with torch.no_grad():
             expected = qw.weight_quantizer(qw.weight)
         assert any(r.shape == expected.shape and torch.equal(r, expected) for r in received), qw.name
         scale = qw.weight_quantizer.scale.reshape(-1, *[1] * (expected.dim() - 1))
         levels = expected / scale
         assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.abs().max() <= 2 ** (qw.bits - 1), qw.name
-    report = ompq_ext.quant_report(q)
-    assert report["plan_size_bits"] == p.totals.size_bits
-    return p, q
+
+
+def tiny_gpt2(transformers):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config).eval(), torch.randint(0, 100, (16, 12))
 
 
 def relative_error(a, b):
@@ -177,11 +186,7 @@ def test_bert_from_a_config():
 
 
 def test_gpt2_conv1d_from_a_config():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                     bos_token_id=0, eos_token_id=0)
-    model, ids = transformers.GPT2LMHeadModel(config).eval(), torch.randint(0, 100, (16, 12))
+    model, ids = tiny_gpt2(pytest.importorskip("transformers"))
     conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
     assert len(conv1d) == 8  # GPT-2's Conv1D is not an nn.Linear: found where an addmm consumes its weight
     p, q = plan_and_check(model, {"input_ids": ids}, conv1d + ["lm_head"])
@@ -278,3 +283,33 @@ def test_attention_projections_are_not_computed_twice(monkeypatch):
     ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False)
     assert len(calls) == forward_calls > 0
     assert torch.nn.functional._in_projection_packed.__name__ == "_in_projection_packed"  # put back
+
+
+def test_embeddings_are_planned_on_request():
+    model, ids = tiny_gpt2(pytest.importorskip("transformers"))
+    without = ompq_ext.plan(model, [{"input_ids": ids}], "4bits", num_samples=16, progress=False)
+    assert "transformer.wte" not in without.bits
+    # Position embeddings are the same for every sample: planned as fully redundant, with a warning.
+    with pytest.warns(UserWarning, match="'transformer.wpe'.*fully redundant"):
+        p = ompq_ext.plan(model, [{"input_ids": ids}], "4bits", include_embeddings=True, num_samples=16,
+                          progress=False)
+    wte = next(x for x in p.layers if x.name == "transformer.wte")
+    assert wte.kind == "Embedding" and wte.macs == 0 and wte.functional
+    assert p.bits["lm_head"] == p.bits["transformer.wte"]  # the tied output layer shares the embedding's bits
+    assert p.totals.planned_params == without.totals.planned_params + 64 * 32  # + wpe (wte = lm_head, once)
+    assert p.totals.avg_bits <= 4
+    q = ompq_ext.quantize(model, p, [{"input_ids": ids}], num_calib=16, progress=False)
+    assert_weights_on_grid(q, ((), {"input_ids": ids}))
+    assert ompq_ext.quant_report(q)["plan_size_bits"] == p.totals.size_bits
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "resnet18"])
+def test_timm(name):
+    try:
+        import timm
+    except Exception as e:  # absent, or its torchvision import failing beside this torch
+        pytest.skip(f"timm is not usable here: {type(e).__name__}: {e}")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    plan_and_check(model, torch.randn(8, 3, 224, 224), names)

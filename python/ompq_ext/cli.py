@@ -155,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="fix a layer's bits (NAME may be a glob); repeatable")
     p.add_argument("--include", action="append", help="plan only layers matching this glob; repeatable")
     p.add_argument("--exclude", action="append", help="leave out layers matching this glob; repeatable")
+    p.add_argument("--include-embeddings", action="store_true", help="also plan nn.Embedding weights")
     p.add_argument("--num-samples", type=int, default=PLAN_DEFAULTS["num_samples"])
     p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"importance sharpness (default {DEFAULT_BETA})")
     p.add_argument("--objective", choices=OBJECTIVES, default=PLAN_DEFAULTS["objective"])
@@ -183,7 +184,7 @@ def _cmd_plan(args) -> int:
     result = plan(
         model, data, args.budget if len(args.budget) > 1 else args.budget[0],
         bits=args.bits, act_bits=args.act_bits, fixed_bits=dict(args.fixed), include=args.include,
-        exclude=args.exclude, num_samples=args.num_samples, beta=args.beta, objective=args.objective,
+        exclude=args.exclude, include_embeddings=args.include_embeddings, num_samples=args.num_samples, beta=args.beta, objective=args.objective,
         feature_point=args.feature_point, estimator=args.estimator, bn_mode=args.bn_mode,
         time_limit_s=args.time_limit,
         progress=not args.quiet,

@@ -59,6 +59,7 @@ _WEIGHT_OPERAND = {
     F.linear: (1, "weight", 0), torch.conv1d: (1, "weight", 0), torch.conv2d: (1, "weight", 0),
     torch.conv3d: (1, "weight", 0), torch.addmm: (2, "mat2", -1), torch.mm: (1, "mat2", -1),
     torch.matmul: (1, "other", -1), torch.Tensor.matmul: (1, "other", -1), torch.Tensor.__matmul__: (1, None, -1),
+    F.embedding: (1, "weight", None),  # a lookup: no MACs
 }
 _ATTENTION = inspect.signature(F.multi_head_attention_forward)
 
@@ -199,7 +200,7 @@ class FeaturePass:
         inside = layer.attr == "weight" and any(m is layer.module for m in self._running)
         self.observation.outside[i] |= not inside
         out = self._by_sample(out, f"layer {layer.name!r}")
-        self._use(i, out, (out[0].numel()) * (weight.numel() // weight.shape[axis]))
+        self._use(i, out, 0 if axis is None else out[0].numel() * (weight.numel() // weight.shape[axis]))
 
     def _attention(self, args, kwargs, out):
         """F.multi_head_attention_forward: the in-projection's q, k, v as torch's helper returned them (or,
@@ -266,7 +267,10 @@ class FeaturePass:
         seen.calls[i] += 1
 
     def _by_sample(self, out: torch.Tensor, source: str) -> torch.Tensor:
-        """An op's output with the samples first: rows of flattened tokens (N*T, C) regroup as (N, T*C)."""
+        """An op's output with the samples first: rows of flattened tokens (N*T, C) regroup as (N, T*C);
+        an output shared by every sample (first dimension 1, e.g. position embeddings) is the same for each."""
+        if out.dim() >= 2 and out.shape[0] == 1 and self.n > 1:
+            return out.expand(self.n, *out.shape[1:])
         if out.dim() >= 2 and out.shape[0] != self.n and out.shape[0] % self.n == 0:
             return out.reshape(self.n, -1)
         return out
@@ -340,7 +344,7 @@ def _flatten_samples(out: torch.Tensor, n: int) -> torch.Tensor:
     if out.dim() == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
         out = out.permute(0, 2, 3, 1)
     flat = out.reshape(n, -1)
-    if flat.stride(-1) != 1:
+    if flat.stride(-1) != 1 or flat.stride(0) < flat.shape[1]:  # strided, or rows that overlap (broadcast)
         flat = flat.contiguous()
     return flat
 

@@ -82,7 +82,8 @@ def _as_selectors(value, argument: str, *, names: bool = True) -> list:
     return items
 
 
-def find_layers(model: nn.Module, *, include=None, exclude=None, layer_types=(), optional: bool = False) -> list[Layer]:
+def find_layers(model: nn.Module, *, include=None, exclude=None, layer_types=(), optional: bool = False,
+                embeddings: bool = False) -> list[Layer]:
     """Quantizable weights of ``model`` in registration order (see the module docstring).
 
     ``layer_types`` adds module types to the defaults (they need a ``weight``
@@ -90,6 +91,8 @@ def find_layers(model: nn.Module, *, include=None, exclude=None, layer_types=(),
     matching a name pattern or owner type; ``exclude`` drops matching ones. Unknown patterns
     are an error, so a typo does not silently plan the wrong layers. ``optional``: also the
     weights of unknown module types, which plan() keeps where an op consumes them.
+    ``embeddings``: also the weights of ``nn.Embedding`` modules (their rows are looked up, not
+    multiplied: no MACs).
     """
     if not isinstance(model, nn.Module):
         raise OmpqTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -117,6 +120,10 @@ def find_layers(model: nn.Module, *, include=None, exclude=None, layer_types=(),
                     layers.append(Layer(unit, f"MultiheadAttention.{attr}", weight.numel(), module, attr=attr))
             continue
         weight = getattr(module, "weight", None)
+        if embeddings and isinstance(module, nn.Embedding) and isinstance(weight, nn.Parameter):
+            if wanted(name, module):
+                layers.append(Layer(name, "Embedding", weight.numel(), module))
+            continue
         if not isinstance(module, types):
             if (optional and isinstance(weight, nn.Parameter) and weight.dim() >= 2
                     and not isinstance(module, _NOT_LINEAR) and wanted(name, module)):

@@ -37,6 +37,7 @@ def plan(
     include=None,
     exclude=None,
     layer_types=(),
+    include_embeddings: bool = False,
     ties=(),
     num_samples: int = 32,
     input_fn=None,
@@ -64,6 +65,8 @@ def plan(
     fixed_bits: {name or glob: bits}, e.g. {"conv1": 8, "fc": 8}. act_bits: activation bits for BOPs.
     include / exclude / layer_types: which layers are planned (names as glob
         patterns, or module types). ties: lists of layer names that share bits.
+    include_embeddings: also plan ``nn.Embedding`` weights (counted in the size budget; no BOPs;
+        quantized per row, their lookups read them quantized).
     num_samples: inputs drawn from ``loader`` (tensors, (input, target) tuples
         or dicts; input_fn turns anything else into model inputs); an upper bound: a loader with
         fewer (at least the method's minimum, 4 for OMPQ) gives all it has, with a warning.
@@ -83,7 +86,8 @@ def plan(
                            estimator=estimator, num_threads=num_threads)
     allocator.check(num_samples)
     check_choice("bn_mode", bn_mode, BN_MODES)  # before the loader is drawn from
-    layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types, optional=True)
+    layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types, optional=True,
+                         embeddings=include_embeddings)
     options = check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
                             latency_table=latency_table, latency_budget=latency_budget)
     with _stage(timing, "data"):
@@ -107,7 +111,8 @@ def plan(
                         fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
                         ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
                         method_settings=_method_settings(allocator))
-    functional = {layers[i].name: seen.outside[i] or layers[i].attr != "weight" for i in seen.order}
+    functional = {layers[i].name: seen.outside[i] or layers[i].attr != "weight" or layers[i].kind == "Embedding"
+                  for i in seen.order}
     return _record(model, planned, skipped, problem, scores, allocation, settings, timing, functional)
 
 
