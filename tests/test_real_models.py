@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 import ompq_ext
 from ompq_ext.features import _WEIGHT_OPERAND
 from ompq_ext.inputs import batch_call
+from ompq_ext.models import VisionTransformer, vit_b_16
 from ompq_ext.quant.modules import quantized_weights
 
 
@@ -136,6 +137,19 @@ def test_transformer_encoder_with_multihead_attention():
     assert in_proj.macs == 10 * 32 * 96 and in_proj.functional
     with torch.no_grad():
         assert 1e-4 < relative_error(q(x), model(x)) < 0.5
+
+
+def test_vision_transformer_as_torchvision_builds_it():
+    """ompq_ext.models.VisionTransformer: torchvision's ViT structure (vit_b_16 at full size), smaller."""
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, layers=2, heads=2, dim=32, mlp_dim=64, num_classes=10).eval()
+    names = ["conv_proj", "head"] + [f"layers.{i}.{n}" for i in range(2) for n in
+                                     ("self_attention.in_proj_weight", "self_attention.out_proj", "mlp.0", "mlp.2")]
+    x = torch.randn(16, 3, 32, 32)
+    _, q = plan_and_check(model, x, names)
+    with torch.no_grad():
+        assert 1e-4 < relative_error(q(x), model(x)) < 0.5
+    assert sum(p.numel() for p in vit_b_16().parameters()) == 86_567_656  # torchvision's vit_b_16
 
 
 def test_multihead_attention_features_are_its_projections():
