@@ -327,3 +327,16 @@ def test_timm(name):
     model = timm.create_model(name, pretrained=False).eval()
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     plan_and_check(model, torch.randn(8, 3, 224, 224), names)
+
+
+def test_selection_options_work_on_the_new_names():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    model, x = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(), torch.randn(16, 6, 16)
+    p = ompq_ext.plan(model, [x], "6bits", num_samples=16, progress=False, fixed_bits={"*.in_proj_weight": 8},
+                      ties=[["layers.0.self_attn.out_proj", "layers.1.self_attn.out_proj"]], exclude="*.linear2")
+    assert p.bits["layers.0.self_attn.in_proj_weight"] == p.bits["layers.1.self_attn.in_proj_weight"] == 8
+    assert p.bits["layers.0.self_attn.out_proj"] == p.bits["layers.1.self_attn.out_proj"]
+    assert not any(n.endswith("linear2") for n in p.bits) and len(p.layers) == 6
+    only = ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False, include=nn.MultiheadAttention)
+    assert only.layer_names == ["layers.0.self_attn.in_proj_weight", "layers.1.self_attn.in_proj_weight"]
