@@ -337,3 +337,19 @@ def test_selection_options_work_on_the_new_names():
     assert not any(n.endswith("linear2") for n in p.bits) and len(p.layers) == 6
     only = ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False, include=nn.MultiheadAttention)
     assert only.layer_names == ["layers.0.self_attn.in_proj_weight", "layers.1.self_attn.in_proj_weight"]
+
+
+def test_sequence_first_outputs_are_refused_not_regrouped():
+    """A (L, N, E) output whose L is a multiple of N must not be read as N samples' rows."""
+    torch.manual_seed(0)
+
+    class SequenceFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, x):  # x: (N, L, E), computed sequence first
+            return self.proj(x.transpose(0, 1)).transpose(0, 1)
+
+    with pytest.raises(ompq_ext.FeatureError, match="'proj' output has shape \\(32, 16, 8\\).*not the 16 samples"):
+        ompq_ext.plan(SequenceFirst(), [torch.randn(16, 32, 8)], "4bits", num_samples=16, progress=False)

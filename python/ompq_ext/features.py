@@ -199,7 +199,7 @@ class FeaturePass:
         layer = self.layers[i]
         inside = layer.attr == "weight" and any(m is layer.module for m in self._running)
         self.observation.outside[i] |= not inside
-        out = self._by_sample(out, f"layer {layer.name!r}")
+        out = self._by_sample(out)
         self._use(i, out, 0 if axis is None else out[0].numel() * (weight.numel() // weight.shape[axis]))
 
     def _attention(self, args, kwargs, out):
@@ -266,12 +266,13 @@ class FeaturePass:
                 self.progress.update(1)
         seen.calls[i] += 1
 
-    def _by_sample(self, out: torch.Tensor, source: str) -> torch.Tensor:
-        """An op's output with the samples first: rows of flattened tokens (N*T, C) regroup as (N, T*C);
-        an output shared by every sample (first dimension 1, e.g. position embeddings) is the same for each."""
+    def _by_sample(self, out: torch.Tensor) -> torch.Tensor:
+        """An op's output with the samples first: a matrix of flattened tokens (N*T, C), rows sample by
+        sample, regroups as (N, T*C); an output shared by every sample (first dimension 1, e.g. position
+        embeddings) is the same for each. Anything else must have the samples first already."""
         if out.dim() >= 2 and out.shape[0] == 1 and self.n > 1:
             return out.expand(self.n, *out.shape[1:])
-        if out.dim() >= 2 and out.shape[0] != self.n and out.shape[0] % self.n == 0:
+        if out.dim() == 2 and out.shape[0] != self.n and out.shape[0] % self.n == 0:
             return out.reshape(self.n, -1)
         return out
 
