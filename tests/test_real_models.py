@@ -39,7 +39,7 @@ class ReceivedWeights(TorchFunctionMode):
             bound.update(kwargs)
             self.received += [bound.get("in_proj_weight"), kwargs.get("out_proj_weight", args[11] if len(args) > 11 else None)]
         elif func in _WEIGHT_OPERAND:
-            index, keyword, _ = _WEIGHT_OPERAND[func]
+            index, keyword = _WEIGHT_OPERAND[func][:2]
             self.received.append(args[index] if len(args) > index else kwargs.get(keyword))
         return func(*args, **kwargs)
 
@@ -353,3 +353,104 @@ def test_sequence_first_outputs_are_refused_not_regrouped():
 
     with pytest.raises(ompq_ext.FeatureError, match="'proj' output has shape \\(32, 16, 8\\).*not the 16 samples"):
         ompq_ext.plan(SequenceFirst(), [torch.randn(16, 32, 8)], "4bits", num_samples=16, progress=False)
+
+
+# ---------------------------------------------------------------- edge cases found in review
+
+
+def test_weight_normed_layers_are_planned_from_their_output():
+    """weight_norm recomputes .weight on every access: no op shows the tensor found before the pass."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(8, 8)), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(16, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "never ran"
+        p = ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False)
+    assert p.layer_names == ["0", "2"] and p.layers[0].macs == 64
+
+
+def test_lookups_are_planned_only_as_embeddings_and_ids_are_never_quantized():
+    class MyEmbedding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(500, 16))
+
+        def forward(self, ids):
+            return F.embedding(ids, self.weight)
+
+    torch.manual_seed(0)
+    model, ids = nn.Sequential(MyEmbedding(), nn.Linear(16, 3)), torch.randint(0, 500, (16, 4))
+    p = ompq_ext.plan(model, [ids], "6bits", num_samples=16, progress=False)
+    assert p.layer_names == ["1"]
+    q = ompq_ext.quantize(model, p, [ids], num_calib=16, progress=False)
+    with torch.no_grad():
+        assert torch.equal(q[0](ids), model[0](ids))  # the lookup is untouched
+
+
+def test_outputs_without_a_sample_dimension():
+    torch.manual_seed(0)
+
+    class PerSample(nn.Module):  # runs its layer one sample at a time: refused by name, as before
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.cat([self.fc(xi[None]) for xi in x])
+
+    with pytest.raises(ompq_ext.FeatureError, match="'fc' output has shape \\(1, 8\\)"):
+        ompq_ext.plan(PerSample(), [torch.randn(16, 8)], "4bits", num_samples=16, progress=False)
+
+    class Experts(nn.Module):  # a weight of an unknown type used across experts: left out, with a warning
+        def __init__(self):
+            super().__init__()
+            self.proj, self.weight = nn.Linear(8, 8), nn.Parameter(torch.randn(4, 8, 8))
+
+        def forward(self, x):
+            h = torch.matmul(self.proj(x).unsqueeze(0).expand(4, -1, -1), self.weight)
+            return h.mean(0)
+
+    model = nn.Sequential(Experts(), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match="no sample dimension.*'0'"):
+        p = ompq_ext.plan(model, [torch.randn(16, 8)], "4bits", num_samples=16, progress=False)
+    assert p.layer_names == ["0.proj", "1"]
+
+
+def test_a_model_of_unknown_weight_types_only():
+    model, ids = tiny_gpt2(pytest.importorskip("transformers"))
+    p = ompq_ext.plan(model, [{"input_ids": ids}], "4bits", exclude="lm_head", num_samples=16, progress=False)
+    assert len(p.layers) == 8 and all(x.kind == "Conv1D" for x in p.layers)
+
+
+def test_fused_kernel_switch_comes_back_when_the_call_raises():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    model, x = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval(), torch.randn(16, 6, 16)
+    q = ompq_ext.quantize(model, ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False), [x],
+                          num_calib=16, progress=False)
+    assert torch.backends.mha.get_fastpath_enabled()
+    with pytest.raises(Exception):  # a wrong input width, raised inside the quantized layer's call
+        q(torch.randn(16, 6, 15))
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_a_tied_embedding_and_output_layer_share_one_quantizer():
+    model, ids = tiny_gpt2(pytest.importorskip("transformers"))
+    p = ompq_ext.plan(model, [{"input_ids": ids}], "4bits", include_embeddings=True, exclude="transformer.wpe",
+                      num_samples=16, progress=False)
+    q = ompq_ext.quantize(model, p, [{"input_ids": ids}], num_calib=16, progress=False)
+    tied = [qw for qw in quantized_weights(q) if qw.name in ("lm_head", "transformer.wte")]
+    assert len(tied) == 2 and tied[0].weight_quantizer is tied[1].weight_quantizer
+
+
+def test_reconstruction_names_the_weights_it_leaves_at_round_to_nearest():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    model, x = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval(), torch.randn(32, 6, 16)
+    p = ompq_ext.plan(model, [x], "4bits", progress=False)
+    with pytest.warns(UserWarning, match="2 weight.*round-to-nearest.*in_proj_weight"):
+        ompq_ext.quantize(model, p, [x], method="adaround", iters=2, num_calib=32, progress=False)
+    only_attention = ompq_ext.plan(model, [x], "4bits", include="*self_attn*", progress=False)
+    with pytest.warns(UserWarning, match="round-to-nearest"):
+        q = ompq_ext.quantize(model, only_attention, [x], method="brecq", iters=2, num_calib=32, progress=False)
+    assert len(quantized_weights(q)) == 2

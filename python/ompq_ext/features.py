@@ -52,14 +52,16 @@ class Observation:
     macs: list[int]  # MACs per sample of each weight, over all its uses
     activation_calls: int  # activation modules that ran (feature_point="activation")
     outside: list[bool] = field(default_factory=list)  # used outside its own module's call (functionally)
+    refused: list[str] = field(default_factory=list)  # weights of unknown module types used without a sample dimension
 
 
-# The ops that consume a weight, where it sits in their arguments, and the axis of its output channels.
+# The ops that consume a weight, where it sits in their arguments, the axis of its output channels
+# (None: a lookup, no MACs, for embeddings only), and where the op's input sits.
 _WEIGHT_OPERAND = {
-    F.linear: (1, "weight", 0), torch.conv1d: (1, "weight", 0), torch.conv2d: (1, "weight", 0),
-    torch.conv3d: (1, "weight", 0), torch.addmm: (2, "mat2", -1), torch.mm: (1, "mat2", -1),
-    torch.matmul: (1, "other", -1), torch.Tensor.matmul: (1, "other", -1), torch.Tensor.__matmul__: (1, None, -1),
-    F.embedding: (1, "weight", None),  # a lookup: no MACs
+    F.linear: (1, "weight", 0, 0), torch.conv1d: (1, "weight", 0, 0), torch.conv2d: (1, "weight", 0, 0),
+    torch.conv3d: (1, "weight", 0, 0), torch.addmm: (2, "mat2", -1, 1), torch.mm: (1, "mat2", -1, 0),
+    torch.matmul: (1, "other", -1, 0), torch.Tensor.matmul: (1, "other", -1, 0),
+    torch.Tensor.__matmul__: (1, None, -1, 0), F.embedding: (1, "weight", None, 0),
 }
 _ATTENTION = inspect.signature(F.multi_head_attention_forward)
 
@@ -79,10 +81,10 @@ class _OpObserver(TorchFunctionMode):
             return out
         where = _WEIGHT_OPERAND.get(func)
         if where is not None:
-            index, keyword, axis = where
+            index, keyword, axis, source = where
             weight = args[index] if len(args) > index else kwargs.get(keyword)
             if isinstance(weight, torch.Tensor) and id(weight) in self.feature_pass._by_weight:
-                self.feature_pass._op_use(weight, out, axis)
+                self.feature_pass._op_use(weight, out, axis, args[source] if len(args) > source else None)
         return out
 
 
@@ -118,10 +120,16 @@ class FeaturePass:
         self.observation = Observation(order=[], calls=[0] * len(layers), macs=[0] * len(layers), activation_calls=0,
                                        outside=[False] * len(layers))
         self._by_weight: dict[int, list[int]] = {}  # id(weight) -> the weights' indices (several where shared)
+        self._weights = []  # the tensors whose ids are keys above, held so that no other tensor takes an id
         for i, layer in enumerate(layers):
             if not layer.by_output:
-                self._by_weight.setdefault(id(layer.weight), []).append(i)
-        self._running: list[nn.Module] = []  # modules owning planned weights whose call is under way
+                self._weights.append(layer.weight)
+                self._by_weight.setdefault(id(self._weights[-1]), []).append(i)
+        self._running: list[tuple[nn.Module, object, list[int]]] = []  # calls under way: (module, its input, uses then)
+        self._own: dict[int, list[int]] = {}  # id(module) -> its planned weights seen through ops
+        for i, layer in enumerate(layers):
+            if layer.attr == "weight" and not layer.by_output:
+                self._own.setdefault(id(layer.module), []).append(i)
         self._pending: dict[int, torch.Tensor] = {}  # weight -> its features, until an activation runs
         self._handles = []
         self._mode = _OpObserver(self)
@@ -183,23 +191,41 @@ class FeaturePass:
         return projection
 
     def _enter_module(self, module, args):
-        self._running.append(module)
+        self._running.append((module, first_tensor(args), list(self.observation.calls)))
 
     def _leave_module(self, module, args, output):
-        self._running.pop()
+        _, _, calls = self._running.pop()
+        # A Linear/Conv weight the ops did not show in its module's call (recomputed on every access, as
+        # weight_norm's): its module's output, as module hooks gave it.
+        for i in self._own.get(id(module), ()):
+            layer = self.layers[i]
+            if not layer.optional and layer.kind != "Embedding" and self.observation.calls[i] == calls[i]:
+                self._output_hook(i)(module, args, output)
 
-    def _op_use(self, weight: torch.Tensor, out: torch.Tensor, axis: int):
+    def _op_use(self, weight: torch.Tensor, out: torch.Tensor, axis, op_input):
         units = self._by_weight[id(weight)]
-        i = units[0]
-        for module in reversed(self._running):  # a weight shared by modules: the one whose call this is
-            owned = [j for j in units if self.layers[j].module is module and self.layers[j].attr == "weight"]
+        if axis is None:  # a lookup: planned only as an embedding (include_embeddings)
+            units = [j for j in units if self.layers[j].kind == "Embedding"]
+            if not units:
+                return
+        i, call = units[0], None
+        for entry in reversed(self._running):  # a weight shared by modules: the one whose call this is
+            owned = [j for j in units if self.layers[j].module is entry[0] and self.layers[j].attr == "weight"]
             if owned:
-                i = owned[0]
+                i, call = owned[0], entry
                 break
         layer = self.layers[i]
-        inside = layer.attr == "weight" and any(m is layer.module for m in self._running)
-        self.observation.outside[i] |= not inside
-        out = self._by_sample(out)
+        # Used inside its module's call: quantized as a wrapped module, whose input quantizer takes the
+        # module's input; for a module of an unknown type, only where the op's input is that input (a view).
+        own_input = call is not None and (not layer.optional or (
+            isinstance(op_input, torch.Tensor) and isinstance(call[1], torch.Tensor)
+            and op_input.data_ptr() == call[1].data_ptr() and op_input.numel() == call[1].numel()))
+        self.observation.outside[i] |= not own_input or axis is None
+        out = self._by_sample(out, lookup=axis is None)
+        if layer.optional and (out.dim() == 0 or out.shape[0] != self.n):
+            if layer.name not in self.observation.refused:  # no sample dimension: not planned (plan() says so)
+                self.observation.refused.append(layer.name)
+            return
         self._use(i, out, 0 if axis is None else out[0].numel() * (weight.numel() // weight.shape[axis]))
 
     def _attention(self, args, kwargs, out):
@@ -266,11 +292,11 @@ class FeaturePass:
                 self.progress.update(1)
         seen.calls[i] += 1
 
-    def _by_sample(self, out: torch.Tensor) -> torch.Tensor:
+    def _by_sample(self, out: torch.Tensor, *, lookup: bool = False) -> torch.Tensor:
         """An op's output with the samples first: a matrix of flattened tokens (N*T, C), rows sample by
-        sample, regroups as (N, T*C); an output shared by every sample (first dimension 1, e.g. position
+        sample, regroups as (N, T*C); a lookup shared by every sample (first dimension 1: position
         embeddings) is the same for each. Anything else must have the samples first already."""
-        if out.dim() >= 2 and out.shape[0] == 1 and self.n > 1:
+        if lookup and out.dim() >= 2 and out.shape[0] == 1 and self.n > 1:
             return out.expand(self.n, *out.shape[1:])
         if out.dim() == 2 and out.shape[0] != self.n and out.shape[0] % self.n == 0:
             return out.reshape(self.n, -1)

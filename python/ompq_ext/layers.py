@@ -138,7 +138,7 @@ def find_layers(model: nn.Module, *, include=None, exclude=None, layer_types=(),
             )
         layers.append(Layer(name, type(module).__name__, weight.numel(), module,
                             by_output=not isinstance(module, DEFAULT_LAYER_TYPES)))
-    if not any(not x.optional for x in layers):
+    if not layers:
         raise OmpqValueError(
             f"the model ({type(model).__name__}) has no quantizable layers "
             f"({', '.join(t.__name__ for t in types)}) left after include/exclude; "

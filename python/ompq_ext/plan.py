@@ -98,9 +98,10 @@ def plan(
         seen = observe(model, layers, samples, collectors, feature_point=allocator.feature_point,
                        bn_mode=bn_mode, progress=progress)
     planned, skipped = _planned_layers(layers, seen, allocator.feature_point)
-    problem = build_problem(model, planned, {layers[i].name: seen.macs[i] for i in seen.order}, options, ties)
+    problem = build_problem(model, planned, {x.name: seen.macs[layers.index(x)] for x in planned}, options, ties)
     with _stage(timing, "scores"):
-        scores = allocator.scores(ScoringInput(model, samples, planned, seen.order, problem.bits, collectors))
+        indices = [layers.index(x) for x in planned]
+        scores = allocator.scores(ScoringInput(model, samples, planned, indices, problem.bits, collectors))
         if not isinstance(scores, Scores):
             raise OmpqTypeError(f"the {allocator.name!r} allocator returned {type(scores).__name__}, not Scores")
         scores.check([x.name for x in planned], allocator.name)
@@ -111,8 +112,7 @@ def plan(
                         fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
                         ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
                         method_settings=_method_settings(allocator))
-    functional = {layers[i].name: seen.outside[i] or layers[i].attr != "weight" or layers[i].kind == "Embedding"
-                  for i in seen.order}
+    functional = {x.name: seen.outside[layers.index(x)] or x.attr != "weight" or x.kind == "Embedding" for x in planned}
     return _record(model, planned, skipped, problem, scores, allocation, settings, timing, functional)
 
 
@@ -129,7 +129,10 @@ def _planned_layers(layers, seen, feature_point):
         warnings.warn("feature_point='activation' but no activation module ran in the forward pass "
                       "(functional activations have no module to hook); every layer's own output was used",
                       stacklevel=3)
-    planned = [layers[i] for i in seen.order]
+    if seen.refused:
+        warnings.warn(f"{len(seen.refused)} weight(s) of modules of unknown types are used by ops whose outputs have no "
+                      f"sample dimension, and are left out of the plan: {', '.join(map(repr, seen.refused[:8]))}", stacklevel=3)
+    planned = [layers[i] for i in seen.order if layers[i].name not in seen.refused]
     skipped = [x.name for x, calls in zip(layers, seen.calls) if calls == 0 and not x.optional]
     if not planned:
         raise FeatureError("no planned layer ran in the forward pass; check the model and input_fn")

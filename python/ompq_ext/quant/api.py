@@ -12,6 +12,7 @@ gradients reach the float weights (straight-through) and the quantizer scales (L
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -247,11 +248,15 @@ def quantize(
     for layer in plan.layers:
         owner, attr = weight_owner(qmodel, layer.name)
         if layer.functional or attr != "weight":
-            try:
-                q = FunctionalWeightQuantizer(getattr(owner, attr), layer.bits, config.weight_scale, name=layer.name,
-                                              kind=layer.kind, macs=layer.macs)
-            except OmpqError as e:
-                raise type(e)(f"layer {layer.name!r}: {e}") from None
+            weight = getattr(owner, attr)
+            q = shared.get(id(weight))  # a weight also used by a wrapped layer (a tied embedding): one quantizer
+            if q is None:
+                try:
+                    q = FunctionalWeightQuantizer(weight, layer.bits, config.weight_scale, name=layer.name,
+                                                  kind=layer.kind, macs=layer.macs)
+                except OmpqError as e:
+                    raise type(e)(f"layer {layer.name!r}: {e}") from None
+                shared[id(weight)] = q
             functional.append((owner, attr, q))
             continue
         module = modules[layer.name]
@@ -277,7 +282,7 @@ def quantize(
     for module in qmodel.modules():
         if isinstance(module, _FUSED) and any(isinstance(m, QuantLayer) for m in module.modules()):
             module.register_forward_pre_hook(_no_fused_kernel)
-            module.register_forward_hook(_restore_fused_kernel)
+            module.register_forward_hook(_restore_fused_kernel, always_call=True)
 
     qmodel.eval()
     if act is not None:
@@ -287,10 +292,16 @@ def quantize(
             from .reconstruct import reconstruct
         except ImportError as e:
             raise OmpqError(f"method={config.method!r} needs ompq_ext.quant.reconstruct, which failed to import: {e}") from e
-        with lent(fp_model):
-            fp_model.eval()
-            reconstruct(qmodel, fp_model, inputs, method=config.method, progress=show, records=records,
-                        **config.reconstruction_options())
+        outside = [q.name for _, _, q in functional if isinstance(q, FunctionalWeightQuantizer)]
+        if outside:
+            warnings.warn(f"{config.method}: {len(outside)} weight(s) used outside their module's call are left at "
+                          f"round-to-nearest (reconstruction learns the rounding of wrapped layers): "
+                          f"{', '.join(outside[:8])}{', ...' if len(outside) > 8 else ''}", stacklevel=2)
+        if wrappers:
+            with lent(fp_model):
+                fp_model.eval()
+                reconstruct(qmodel, fp_model, inputs, method=config.method, progress=show, records=records,
+                            **config.reconstruction_options())
         qmodel.eval()
     return qmodel
 
@@ -314,8 +325,9 @@ def quant_report(qmodel: nn.Module) -> dict:
     (the float model: every parameter but the quantizers' at 32 bits); ``avg_bits`` over the
     quantized weights; ``quantized_params``, ``other_params``; ``bops`` per sample
     = sum over quantized layers of MACs per sample x weight bits x activation bits (32 where a
-    layer's input is not quantized), which equals ``plan.totals["bops"]`` when the activation
-    bits are the plan's; ``layers``, one dict per quantized layer.
+    layer's input is not quantized, as for weights used outside their module's call), which equals
+    ``plan.totals["bops"]`` when the activation bits are the plan's and every planned weight's
+    inputs are quantized; ``layers``, one dict per quantized layer.
     """
     if not isinstance(qmodel, nn.Module):
         raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")

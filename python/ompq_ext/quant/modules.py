@@ -184,7 +184,9 @@ class QuantLayer(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            # The wrapped layer's other attributes (bias, in_features, ...), for code that reads them.
+            if name.startswith("_"):
+                raise
+            # The wrapped layer's other public attributes (bias, in_features, ...), for code that reads them.
             return getattr(super().__getattr__("layer"), name)
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
