@@ -15,8 +15,8 @@ COMPILED = {"_core"}  # extension modules, built next to the sources
 # Lowest first. A module may import from the layers before its own.
 LAYERS = [
     {"errors", "_version", "_core", "models"},
-    {"cuda_kernels", "progress", "guard", "inputs", "layers", "plan_file", "constraints"},
-    {"orthogonality", "features", "budget", "solver", "quant.ops"},
+    {"cuda_kernels", "progress", "guard", "inputs", "layers", "weight_ops", "plan_file", "constraints"},
+    {"orthogonality", "features", "budget", "solver", "quant.ops", "quant.op_inputs"},
     {"allocators", "record", "quant.modules"},
     {"problem", "quant", "quant.configs", "quant.reconstruct", "quant.qat"},
     {"plan", "quant.api"},

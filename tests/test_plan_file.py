@@ -302,6 +302,17 @@ def test_non_positive_params(tmp_path, data, params):
     assert "layers[3]" in msg and "parameter count" in msg
 
 
+def test_channel_axis_is_optional_and_checked(tmp_path, data):
+    assert all(layer["channel_axis"] == 0 for layer in data["layers"])  # written for every layer
+    data["layers"][1]["channel_axis"] = 1
+    assert Plan.from_json(data).layers[1].channel_axis == 1
+    del data["layers"][1]["channel_axis"]  # files written before the field load with axis 0
+    assert Plan.from_json(data).layers[1].channel_axis == 0
+    data["layers"][1]["channel_axis"] = -1
+    msg = load_error(tmp_path, data)
+    assert "layers[1]" in msg and "negative channel_axis" in msg
+
+
 def test_no_layers(tmp_path, data):
     data["layers"] = []
     data["orm"] = []

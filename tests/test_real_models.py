@@ -18,15 +18,17 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import ompq_ext
-from ompq_ext.features import _WEIGHT_OPERAND
+from ompq_ext.quant.modules import channel_shape
+from ompq_ext.quant.ops import quant_range
+from ompq_ext.weight_ops import attention_arguments, input_of, weight_of
 from ompq_ext.inputs import batch_call
 from ompq_ext.models import VisionTransformer, vit_b_16
 from ompq_ext.quant.modules import quantized_weights
 from pretrained import minilm_and_batch
 
 
-class ReceivedWeights(TorchFunctionMode):
-    """Every weight operand the linear / convolution / attention ops receive during a forward pass."""
+class ReceivedOperands(TorchFunctionMode):
+    """Every (weight, input) pair the linear / convolution / attention ops receive during a forward pass."""
 
     def __init__(self):
         super().__init__()
@@ -35,12 +37,15 @@ class ReceivedWeights(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.multi_head_attention_forward:
-            bound = dict(zip(("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight"), args))
-            bound.update(kwargs)
-            self.received += [bound.get("in_proj_weight"), kwargs.get("out_proj_weight", args[11] if len(args) > 11 else None)]
-        elif func in _WEIGHT_OPERAND:
-            index, keyword = _WEIGHT_OPERAND[func][:2]
-            self.received.append(args[index] if len(args) > index else kwargs.get(keyword))
+            a = attention_arguments(args, kwargs)
+            separate = a["use_separate_proj_weight"]
+            for x, w in zip(("query", "key", "value"), ("q_proj_weight", "k_proj_weight", "v_proj_weight")):
+                self.received.append((a[w] if separate else a["in_proj_weight"], a[x]))
+            self.received.append((a["out_proj_weight"], None))  # its input lies inside the call
+        else:
+            weight, where = weight_of(func, args, kwargs)
+            if weight is not None:
+                self.received.append((weight, input_of(where, args, kwargs)))
         return func(*args, **kwargs)
 
 
@@ -67,23 +72,37 @@ def plan_and_check(model, batch, expected_names, *, input_fn=None, budget="4bits
     q = ompq_ext.quantize(model, p, [batch], input_fn=input_fn, num_calib=16, progress=False)
     assert sorted(x.name for x in quantized_weights(q)) == sorted(expected_names)
     assert_weights_on_grid(q, batch_call(batch, input_fn))
-    assert ompq_ext.quant_report(q)["plan_size_bits"] == p.totals.size_bits
+    report = ompq_ext.quant_report(q)
+    assert report["plan_size_bits"] == p.totals.size_bits
+    assert report["bops"] == p.totals.bops  # every planned weight's inputs are quantized at the plan's bits
     return p, q
 
 
 def assert_weights_on_grid(q, call):
-    """In a forward of the quantized model, the ops receive every quantized weight on its grid."""
-    spy = ReceivedWeights()
+    """In a forward of the quantized model, the ops receive every quantized weight on its grid, and
+    every input of those ops on the grid of the weight's input quantizer."""
+    spy = ReceivedOperands()
     with torch.no_grad(), spy:
         q(*call[0], **call[1])
-    received = [w for w in spy.received if isinstance(w, torch.Tensor)]
+    received = [(w, x) for w, x in spy.received if isinstance(w, torch.Tensor)]
     for qw in quantized_weights(q):
         with torch.no_grad():
             expected = qw.weight_quantizer(qw.weight)
-        assert any(r.shape == expected.shape and torch.equal(r, expected) for r in received), qw.name
-        scale = qw.weight_quantizer.scale.reshape(-1, *[1] * (expected.dim() - 1))
+        inputs = [x for w, x in received if w.shape == expected.shape and torch.equal(w, expected)]
+        assert inputs, qw.name
+        scale = qw.weight_quantizer.scale.reshape(channel_shape(expected, qw.weight_quantizer.axis))
         levels = expected / scale
         assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.abs().max() <= 2 ** (qw.bits - 1), qw.name
+        iq = qw.input_quantizer
+        if iq is None:
+            continue
+        inputs = [x for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point()]
+        assert inputs, f"{qw.name}: no op received a floating-point input with it"
+        low, high = quant_range(iq.bits, iq.signed)
+        for x in inputs:
+            levels = x / iq.scale
+            assert torch.allclose(levels, levels.round(), atol=1e-3), f"{qw.name}: input off its grid"
+            assert low - 1e-3 <= levels.min() and levels.max() <= high + 1e-3, qw.name
 
 
 def tiny_gpt2(transformers):
@@ -130,6 +149,9 @@ def test_transformer_encoder_with_multihead_attention():
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
     model, x = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(), torch.randn(16, 10, 32)
+    with torch.no_grad():  # the encoder copies one layer: make the copies differ, so each weight is told apart
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
     names = [f"layers.{i}.{n}" for i in range(2)
              for n in ("self_attn.in_proj_weight", "self_attn.out_proj", "linear1", "linear2")]
     p, q = plan_and_check(model, x, names)
@@ -339,6 +361,23 @@ def test_selection_options_work_on_the_new_names():
     assert only.layer_names == ["layers.0.self_attn.in_proj_weight", "layers.1.self_attn.in_proj_weight"]
 
 
+def test_fixed_bits_on_a_weight_no_op_used_is_reported():
+    torch.manual_seed(0)
+
+    class Scaled(nn.Module):  # a module of an unknown type whose 2-D weight no linear op consumes
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4, 8))
+
+        def forward(self, x):
+            return x * self.weight.mean()
+
+    model, x = nn.Sequential(nn.Linear(8, 8), Scaled()).eval(), torch.randn(16, 8)
+    with pytest.warns(UserWarning, match=r"fixed_bits names 1 weight.*not planned.*: 1$"):
+        p = ompq_ext.plan(model, [x], "4bits", fixed_bits={"1": 8}, num_samples=16, progress=False)
+    assert p.layer_names == ["0"]
+
+
 def test_sequence_first_outputs_are_refused_not_regrouped():
     """A (L, N, E) output whose L is a multiple of N must not be read as N samples' rows."""
     torch.manual_seed(0)
@@ -422,16 +461,43 @@ def test_a_model_of_unknown_weight_types_only():
     assert len(p.layers) == 8 and all(x.kind == "Conv1D" for x in p.layers)
 
 
-def test_fused_kernel_switch_comes_back_when_the_call_raises():
+def test_fused_transformer_kernels_do_not_skip_the_quantized_layers():
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
     model, x = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval(), torch.randn(16, 6, 16)
+    only_linear = ompq_ext.plan(model, [x], "4bits", include="*linear*", num_samples=16, progress=False)
+    q = ompq_ext.quantize(model, only_linear, [x], num_calib=16, progress=False)
+
+    class PassThrough(TorchFunctionMode):  # any active mode keeps torch on its unfused path
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad():  # no grad and eval: where torch takes its fused kernel if it can
+        plain = q(x)
+        with PassThrough():
+            unfused = q(x)
+        assert torch.allclose(plain, unfused, atol=1e-6) and not torch.allclose(plain, model(x), atol=1e-4)
+    assert torch.backends.mha.get_fastpath_enabled()  # nothing global was switched
+
+
+def test_a_forward_stopped_by_a_base_exception_leaves_no_mode_behind():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(FunctionalAttention(), FunctionalAttention()).eval(), torch.randn(16, 9, 16)
     q = ompq_ext.quantize(model, ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False), [x],
                           num_calib=16, progress=False)
-    assert torch.backends.mha.get_fastpath_enabled()
-    with pytest.raises(Exception):  # a wrong input width, raised inside the quantized layer's call
-        q(torch.randn(16, 6, 15))
-    assert torch.backends.mha.get_fastpath_enabled()
+
+    class Stop(BaseException):
+        pass
+
+    def stop(module, args, output):
+        raise Stop
+
+    handle = q[0].register_forward_hook(stop)
+    with pytest.raises(Stop):
+        q(x)
+    handle.remove()
+    assert torch._C._len_torch_function_stack() == 0
+    assert_weights_on_grid(q, ((x,), {}))
 
 
 def test_a_tied_embedding_and_output_layer_share_one_quantizer():
@@ -454,3 +520,79 @@ def test_reconstruction_names_the_weights_it_leaves_at_round_to_nearest():
     with pytest.warns(UserWarning, match="round-to-nearest"):
         q = ompq_ext.quantize(model, only_attention, [x], method="brecq", iters=2, num_calib=32, progress=False)
     assert len(quantized_weights(q)) == 2
+
+
+# ---------------------------------------------------------------- inputs of weights used outside their module's call
+
+
+def test_a_part_of_the_model_called_alone_quantizes_its_functional_inputs():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(FunctionalAttention(), FunctionalAttention()).eval(), torch.randn(16, 9, 16)
+    q = ompq_ext.quantize(model, ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False), [x],
+                          num_calib=16, progress=False)
+    assert_weights_on_grid(q[1], ((x,), {}))  # its qkv and proj inputs too, without the root's call
+    assert torch._C._len_torch_function_stack() == 0  # the quantizing mode is gone after the call
+    with pytest.raises(RuntimeError):
+        q(torch.randn(16, 9, 15))  # raises inside the mode
+    assert torch._C._len_torch_function_stack() == 0
+    assert_weights_on_grid(q, ((x,), {}))  # and comes back on the next call
+
+
+def test_attention_input_quantizers_learn_in_qat():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    model, x = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval(), torch.randn(16, 6, 16)
+    q = ompq_ext.quantize(model, ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False), [x],
+                          num_calib=16, progress=False)
+    q(x).square().sum().backward()
+    attention = {qw.name: qw for qw in quantized_weights(q) if "self_attn" in qw.name}
+    assert sorted(attention) == ["layers.0.self_attn.in_proj_weight", "layers.0.self_attn.out_proj"]
+    for qw in attention.values():  # the gradients reach both the weights' and the inputs' scales
+        assert qw.weight_quantizer.scale.grad is not None and qw.weight_quantizer.scale.grad.abs().sum() > 0
+        assert qw.input_quantizer.scale.grad is not None and qw.input_quantizer.scale.grad.abs().sum() > 0
+
+
+def test_cross_attention_quantizes_query_key_and_value():
+    torch.manual_seed(0)
+
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True, kdim=8, vdim=8)
+
+        def forward(self, x):
+            q, kv = x[..., :16], x[..., 16:]
+            return self.attn(q, kv, kv, need_weights=False)[0]
+
+    model, x = Cross().eval(), torch.randn(16, 5, 24)
+    names = ["attn.q_proj_weight", "attn.k_proj_weight", "attn.v_proj_weight", "attn.out_proj"]
+    p, q = plan_and_check(model, x, names)
+    with torch.no_grad():
+        assert 1e-4 < relative_error(q(x), model(x)) < 0.5
+
+
+def test_weights_whose_ops_are_not_followed_keep_float_inputs_with_a_warning(monkeypatch):
+    from ompq_ext.quant import api
+
+    torch.manual_seed(0)
+    model, x = nn.Sequential(FunctionalAttention()).eval(), torch.randn(16, 9, 16)
+    p = ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False)
+    monkeypatch.setattr(api, "quantize_op_inputs", lambda model, owners, fused: None)  # as for an op it cannot follow
+    with pytest.warns(UserWarning, match=r"2 weight\(s\) reach their ops.*0.qkv, 0.proj"):
+        q = ompq_ext.quantize(model, p, [x], num_calib=16, progress=False)
+    rows = {r["name"]: r for r in ompq_ext.quant_report(q)["layers"]}
+    assert rows["0.qkv"]["act_bits"] == rows["0.proj"]["act_bits"] == 32 and rows["0.mlp.0"]["act_bits"] == 8
+    assert ompq_ext.quant_report(q)["bops"] > p.totals.bops
+
+
+def test_gpt2_conv1d_is_quantized_per_output_column_also_by_adaround():
+    model, ids = tiny_gpt2(pytest.importorskip("transformers"))
+    p = ompq_ext.plan(model, [{"input_ids": ids}], "4bits", num_samples=16, progress=False)
+    conv1d = {x.name: x for x in p.layers if x.kind == "Conv1D"}
+    assert len(conv1d) == 8 and all(x.channel_axis == 1 for x in conv1d.values())
+    assert p.layers[-1].name == "lm_head" and p.layers[-1].channel_axis == 0
+    q = ompq_ext.quantize(model, p, [{"input_ids": ids}], method="adaround", iters=3, batch_size=16,
+                          num_calib=16, progress=False)
+    c_attn = next(qw for qw in quantized_weights(q) if qw.name == "transformer.h.0.attn.c_attn")
+    assert c_attn.weight.shape == (32, 96) and c_attn.weight_quantizer.scale.numel() == 96
+    assert_weights_on_grid(q, ((), {"input_ids": ids}))

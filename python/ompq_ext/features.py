@@ -10,7 +10,6 @@ matrix through the C++ core (or the CUDA kernels), so memory is O(L N^2), not O(
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +24,7 @@ from .guard import untouched
 from .inputs import call_model, first_tensor, sample_count
 from .layers import Layer
 from .progress import progress_bar
+from .weight_ops import attention_arguments, input_of, weight_of
 
 FEATURE_POINTS = ("output", "activation")
 BN_MODES = ("eval", "batch")
@@ -53,17 +53,7 @@ class Observation:
     activation_calls: int  # activation modules that ran (feature_point="activation")
     outside: list[bool] = field(default_factory=list)  # used outside its own module's call (functionally)
     refused: list[str] = field(default_factory=list)  # weights of unknown module types used without a sample dimension
-
-
-# The ops that consume a weight, where it sits in their arguments, the axis of its output channels
-# (None: a lookup, no MACs, for embeddings only), and where the op's input sits.
-_WEIGHT_OPERAND = {
-    F.linear: (1, "weight", 0, 0), torch.conv1d: (1, "weight", 0, 0), torch.conv2d: (1, "weight", 0, 0),
-    torch.conv3d: (1, "weight", 0, 0), torch.addmm: (2, "mat2", -1, 1), torch.mm: (1, "mat2", -1, 0),
-    torch.matmul: (1, "other", -1, 0), torch.Tensor.matmul: (1, "other", -1, 0),
-    torch.Tensor.__matmul__: (1, None, -1, 0), F.embedding: (1, "weight", None, 0),
-}
-_ATTENTION = inspect.signature(F.multi_head_attention_forward)
+    channel_axis: list[int] = field(default_factory=list)  # each weight's output-channel axis in its first use
 
 
 class _OpObserver(TorchFunctionMode):
@@ -79,12 +69,9 @@ class _OpObserver(TorchFunctionMode):
         if func is F.multi_head_attention_forward:
             self.feature_pass._attention(args, kwargs, out)
             return out
-        where = _WEIGHT_OPERAND.get(func)
-        if where is not None:
-            index, keyword, axis, source = where
-            weight = args[index] if len(args) > index else kwargs.get(keyword)
-            if isinstance(weight, torch.Tensor) and id(weight) in self.feature_pass._by_weight:
-                self.feature_pass._op_use(weight, out, axis, args[source] if len(args) > source else None)
+        weight, where = weight_of(func, args, kwargs)
+        if weight is not None and id(weight) in self.feature_pass._by_weight:
+            self.feature_pass._op_use(weight, out, where.axis, input_of(where, args, kwargs))
         return out
 
 
@@ -118,7 +105,7 @@ class FeaturePass:
         self.model = model
         self.progress = progress  # a progress bar, advanced once per weight that is used
         self.observation = Observation(order=[], calls=[0] * len(layers), macs=[0] * len(layers), activation_calls=0,
-                                       outside=[False] * len(layers))
+                                       outside=[False] * len(layers), channel_axis=[0] * len(layers))
         self._by_weight: dict[int, list[int]] = {}  # id(weight) -> the weights' indices (several where shared)
         self._weights = []  # the tensors whose ids are keys above, held so that no other tensor takes an id
         for i, layer in enumerate(layers):
@@ -226,6 +213,8 @@ class FeaturePass:
             if layer.name not in self.observation.refused:  # no sample dimension: not planned (plan() says so)
                 self.observation.refused.append(layer.name)
             return
+        if axis is not None and self.observation.calls[i] == 0:
+            self.observation.channel_axis[i] = axis % weight.dim()  # 1 for a (in, out) weight as GPT-2's Conv1D
         self._use(i, out, 0 if axis is None else out[0].numel() * (weight.numel() // weight.shape[axis]))
 
     def _attention(self, args, kwargs, out):
@@ -233,9 +222,7 @@ class FeaturePass:
         where torch has no such helper, computed once more from the inputs); the out-projection's output
         is the result."""
         kept, self._projections = self._projections, None
-        a = _ATTENTION.bind(*args, **kwargs)
-        a.apply_defaults()
-        a = a.arguments
+        a = attention_arguments(args, kwargs)
         query, key, value = a["query"], a["key"], a["value"]
         if query.dim() != 3:  # unbatched attention: no sample dimension to plan from
             return

@@ -112,8 +112,9 @@ def plan(
                         fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
                         ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
                         method_settings=_method_settings(allocator))
-    functional = {x.name: seen.outside[layers.index(x)] or x.attr != "weight" or x.kind == "Embedding" for x in planned}
-    return _record(model, planned, skipped, problem, scores, allocation, settings, timing, functional)
+    where = {x.name: (seen.outside[layers.index(x)] or x.attr != "weight" or x.kind == "Embedding",
+                      seen.channel_axis[layers.index(x)]) for x in planned}
+    return _record(model, planned, skipped, problem, scores, allocation, settings, timing, where)
 
 
 @contextmanager
@@ -172,7 +173,8 @@ def _method_settings(allocator) -> dict:
     return dict(settings)
 
 
-def _record(model, planned, skipped, problem, scores, allocation, settings, timing, functional) -> Plan:
+def _record(model, planned, skipped, problem, scores, allocation, settings, timing, where) -> Plan:
+    """``where``: {name: (used outside its module's call, output-channel axis)}."""
     group_of = {n: g.name for g in problem.groups for n in g.layers}
     fixed = {s.name: len(s.bits) == 1 for s in problem.specs}
     group_bits = {s.name: int(b) for s, b in zip(problem.specs, allocation.bits)}
@@ -182,7 +184,8 @@ def _record(model, planned, skipped, problem, scores, allocation, settings, timi
             gamma=None if scores.gamma is None else scores.gamma[x.name],
             log_theta=None if scores.log_theta is None else scores.log_theta[x.name],
             weight=None if scores.weights is None else scores.weights[x.name],
-            bits=group_bits[group_of[x.name]], fixed=fixed[group_of[x.name]], functional=functional[x.name],
+            bits=group_bits[group_of[x.name]], fixed=fixed[group_of[x.name]], functional=where[x.name][0],
+            channel_axis=where[x.name][1],
         )
         for x in planned
     ]

@@ -2,10 +2,10 @@
 
 Format ``ompq_ext.plan``, version 1: the top-level fields ``layers``, ``groups``, ``orm``,
 ``totals``, ``budgets``, ``solver``, ``settings``, ``timing``, ``model``, ``skipped``. Fields
-added since the first files (``settings.method``, ``budgets[].limit``, ``layers[].functional``) are
-optional, so every
-version-1 file written so far still loads. A plan whose method does not measure orthogonality
-(any method but "ompq") has null ``orm`` and may have null ``gamma`` / ``log_theta`` / ``weight``.
+added since the first files (``settings.method``, ``budgets[].limit``, ``layers[].functional``,
+``layers[].channel_axis``) are optional, so every version-1 file written so far still loads. A
+plan whose method does not measure orthogonality (any method but "ompq") has null ``orm`` and may
+have null ``gamma`` / ``log_theta`` / ``weight``.
 
 This module works on plain dicts; ``record.Plan`` turns them into typed records.
 """
@@ -106,9 +106,12 @@ def check(data, source: str = "plan") -> dict:
             **{key: r.need(raw, key, float, where, nullable=not scored) for key in ("gamma", "log_theta", "weight")},
             "bits": r.need(raw, "bits", int, where), "fixed": r.need(raw, "fixed", bool, where),
             "functional": bool(r.need(raw, "functional", bool, where, optional=True)),
+            "channel_axis": r.need(raw, "channel_axis", int, where, optional=True) or 0,
         }
         if not 1 <= layer["bits"] <= 16:
             raise PlanFileError(f"{source}: {where} ({layer['name']}) has bits {layer['bits']}, outside 1..16")
+        if layer["channel_axis"] < 0:
+            raise PlanFileError(f"{source}: {where} ({layer['name']}) has a negative channel_axis")
         if layer["params"] <= 0 or layer["macs"] < 0:
             raise PlanFileError(f"{source}: {where} ({layer['name']}) has a non-positive parameter count")
         layers.append(layer)

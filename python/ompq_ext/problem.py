@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,11 @@ class Problem:
 
 
 def build_problem(model: nn.Module, planned: list[Layer], macs: dict[str, int], options: Options, ties) -> Problem:
+    unplanned = sorted(set(options.fixed) - {x.name for x in planned})
+    if unplanned:
+        warnings.warn(f"fixed_bits names {len(unplanned)} weight(s) that no op used in the forward pass, so they are not "
+                      f"planned and their bits are not used: {', '.join(unplanned[:8])}"
+                      f"{', ...' if len(unplanned) > 8 else ''}", stacklevel=3)
     groups = group_layers(planned, ties)
     total_params = count_parameters(model)
     planned_params = sum(g.params for g in groups)

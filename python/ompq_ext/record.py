@@ -56,6 +56,7 @@ class LayerPlan(_Record):
     bits: int
     fixed: bool
     functional: bool = False  # used outside its module's own call (e.g. F.linear on it): quantized where it lives
+    channel_axis: int = 0  # the weight's output-channel axis, one scale per channel (1 for GPT-2's (in, out) Conv1D)
 
     def to_json(self) -> dict:
         return asdict(self)  # the scores a method does not measure are written as null

@@ -1,9 +1,10 @@
 """``quantize(model, plan, calib, config)``: a fake-quant copy of a model at a plan's bits, and
 ``quant_report(qmodel)``: its real size and BOPs.
 
-Every planned layer is replaced, at its qualified name, by a ``QuantLayer`` that keeps the
-float weight and fake-quantizes it per output channel at the planned bits (and its input per
-tensor at the activation bits). Input quantizers are calibrated by one forward pass over
+Every planned layer called as a module is replaced, at its qualified name, by a ``QuantLayer`` that
+keeps the float weight and fake-quantizes it per output channel at the planned bits (and its input per
+tensor at the activation bits); a weight used outside its module's call is fake-quantized by a
+parametrization, and the inputs of the ops that consume it by ``op_inputs.py``. Input quantizers are calibrated by one forward pass over
 ``num_calib`` samples; ``AdaRoundConfig`` / ``BRECQConfig`` (``configs.py``) then learn the
 rounding on the same samples (``quant/reconstruct.py``). The result trains with ordinary PyTorch loops (QAT):
 gradients reach the float weights (straight-through) and the quantizer scales (LSQ).
@@ -26,7 +27,8 @@ from ..progress import progress_bar, show_progress
 from ..layers import weight_owner
 from ..record import Plan
 from .configs import CONFIGS, RTNConfig, as_config, make_config
-from .modules import FunctionalWeightQuantizer, QuantLayer, quant_layers, quantized_weights
+from .modules import ActQuantizer, FunctionalWeightQuantizer, QuantLayer, quantized_weights
+from .op_inputs import quantize_op_inputs
 
 METHODS = tuple(CONFIGS)
 RECONSTRUCTION_METHODS = ("adaround", "brecq")
@@ -67,18 +69,8 @@ def _gather(calib, num_calib, input_fn):
     return gather_samples(calib, num_calib, input_fn, loader_name="calib", count_name="num_calib")
 
 
+# torch's fused transformer kernels read the weights directly and would skip the quantized layers' own calls.
 _FUSED = (nn.TransformerEncoder, nn.TransformerEncoderLayer, nn.TransformerDecoder, nn.TransformerDecoderLayer)
-
-
-def _no_fused_kernel(module, args):
-    """Forward pre-hook: torch's fused transformer kernels read the weights directly and would skip the
-    quantized layers' own calls (their input quantizers); off for this module's call."""
-    module._ompq_fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-
-
-def _restore_fused_kernel(module, args, output):
-    torch.backends.mha.set_fastpath_enabled(module.__dict__.pop("_ompq_fastpath", True))
 
 
 def _occurrences(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
@@ -96,41 +88,38 @@ def _occurrences(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
 
 
 def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
-    """One forward pass with every input quantizer observing, then each picks its range."""
-    layers = [(name, ql) for name, ql in quant_layers(qmodel) if ql.input_quantizer is not None]
-    if not layers:
+    """One forward pass with every input quantizer observing, then each picks its range. The input
+    quantizer of a weight used outside its module's call that was read but whose op was not recognised
+    (``quant/op_inputs.py``) is removed, with a warning: those inputs stay in float."""
+    weights, seen_quantizers = [], set()
+    for qw in quantized_weights(qmodel):
+        if qw.input_quantizer is not None and id(qw.input_quantizer) not in seen_quantizers:
+            seen_quantizers.add(id(qw.input_quantizer))
+            weights.append(qw)
+    if not weights:
         return
-    seen: set[int] = set()
-    handles = []
-
-    def pre_hook(module, inputs):
-        if id(module) not in seen:
-            seen.add(id(module))
-            bar.update(1)
-
-    with progress_bar(2 * len(layers), "ompq: calibration", "layer", show) as bar:
+    with progress_bar(len(weights), "ompq: calibration", "layer", show) as bar:
         with untouched(qmodel), torch.no_grad():
             try:
-                for _, ql in layers:
-                    ql.input_quantizer.reset()
-                    ql.input_quantizer.observing = True
-                    if show:
-                        handles.append(ql.register_forward_pre_hook(pre_hook))
+                for qw in weights:
+                    qw.input_quantizer.reset()
+                    qw.input_quantizer.observing = True
+                    if isinstance(qw.weight_quantizer, FunctionalWeightQuantizer):
+                        qw.weight_quantizer.reads = 0
                 qmodel.eval()
                 call_model(qmodel, args, kwargs, samples="the calibration", error=OmpqError)
             finally:
-                for h in handles:
-                    h.remove()
-                for _, ql in layers:
-                    ql.input_quantizer.observing = False
-        bar.update(len(layers) - len(seen))
-        silent = []
-        for name, ql in layers:
-            q = ql.input_quantizer
-            if not q.has_data:
-                silent.append(name)
-                continue
-            q.finalize()
+                for qw in weights:
+                    qw.input_quantizer.observing = False
+        silent, unseen = [], []
+        for qw in weights:
+            q = qw.input_quantizer
+            if q.has_data:
+                q.finalize()
+            elif isinstance(qw.weight_quantizer, FunctionalWeightQuantizer) and qw.weight_quantizer.reads:
+                unseen.append(qw)
+            else:
+                silent.append(qw.name)
             bar.update(1)
         if silent:
             raise OmpqValueError(
@@ -138,6 +127,13 @@ def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
                 f"unknown: {', '.join(silent[:8])}{', ...' if len(silent) > 8 else ''}; give calib data that "
                 f"reaches every planned layer"
             )
+        for qw in unseen:
+            qw.weight_quantizer.input_quantizer = None
+        if unseen:
+            names = [qw.name for qw in unseen]
+            warnings.warn(f"{len(names)} weight(s) reach their ops in a way ompq_ext does not follow, so their inputs "
+                          f"stay in float (quant_report counts 32-bit activations for them): "
+                          f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}", stacklevel=3)
 
 
 def calibrate(qmodel: nn.Module, calib, num_calib: int = 256, *, input_fn=None, progress=None) -> nn.Module:
@@ -252,8 +248,11 @@ def quantize(
             q = shared.get(id(weight))  # a weight also used by a wrapped layer (a tied embedding): one quantizer
             if q is None:
                 try:
-                    q = FunctionalWeightQuantizer(weight, layer.bits, config.weight_scale, name=layer.name,
-                                                  kind=layer.kind, macs=layer.macs)
+                    input_quantizer = (ActQuantizer(act, config.act_calib).to(weight.device)
+                                       if act is not None and layer.kind != "Embedding" else None)  # ids stay ids
+                    q = FunctionalWeightQuantizer(weight, layer.bits, config.weight_scale, axis=layer.channel_axis,
+                                                  name=layer.name, kind=layer.kind, macs=layer.macs,
+                                                  input_quantizer=input_quantizer)
                 except OmpqError as e:
                     raise type(e)(f"layer {layer.name!r}: {e}") from None
                 shared[id(weight)] = q
@@ -262,7 +261,8 @@ def quantize(
         module = modules[layer.name]
         try:
             ql = QuantLayer(module, layer.bits, act, weight_scale_method=config.weight_scale,
-                            act_method=config.act_calib, name=layer.name, macs=layer.macs)
+                            act_method=config.act_calib, name=layer.name, macs=layer.macs,
+                            channel_axis=layer.channel_axis)
         except OmpqError as e:
             raise type(e)(f"layer {layer.name!r}: {e}") from None
         wq = shared.setdefault(id(module.weight), ql.weight_quantizer)
@@ -279,10 +279,8 @@ def quantize(
             setattr(parent, child_name, ql)
     for owner, attr, q in functional:
         parametrize.register_parametrization(owner, attr, q)
-    for module in qmodel.modules():
-        if isinstance(module, _FUSED) and any(isinstance(m, QuantLayer) for m in module.modules()):
-            module.register_forward_pre_hook(_no_fused_kernel)
-            module.register_forward_hook(_restore_fused_kernel, always_call=True)
+    fused = [m for m in qmodel.modules() if isinstance(m, _FUSED) and any(isinstance(x, QuantLayer) for x in m.modules())]
+    quantize_op_inputs(qmodel, [owner for owner, _, q in functional if getattr(q, "input_quantizer", None)], fused)
 
     qmodel.eval()
     if act is not None:
@@ -325,9 +323,9 @@ def quant_report(qmodel: nn.Module) -> dict:
     (the float model: every parameter but the quantizers' at 32 bits); ``avg_bits`` over the
     quantized weights; ``quantized_params``, ``other_params``; ``bops`` per sample
     = sum over quantized layers of MACs per sample x weight bits x activation bits (32 where a
-    layer's input is not quantized, as for weights used outside their module's call), which equals
-    ``plan.totals["bops"]`` when the activation bits are the plan's and every planned weight's
-    inputs are quantized; ``layers``, one dict per quantized layer.
+    layer's input is not quantized: ``act_bits=0``, or a weight whose ops quantize() could not follow,
+    named in a warning), which equals ``plan.totals["bops"]`` when the activation bits are the plan's
+    and every planned weight's inputs are quantized; ``layers``, one dict per quantized layer.
     """
     if not isinstance(qmodel, nn.Module):
         raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")

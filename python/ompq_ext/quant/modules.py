@@ -17,6 +17,7 @@ from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 from ..errors import OmpqValueError
+from .op_inputs import mark
 from .ops import fake_quantize, quant_range
 
 SCALE_METHODS = ("minmax", "mse")
@@ -24,12 +25,13 @@ ACT_METHODS = ("minmax", "percentile", "mse")
 _MSE_GRID = torch.linspace(1.0, 0.2, 81)  # clipping ratios tried by the MSE scale search
 
 
-def _per_channel_absmax(w: Tensor) -> Tensor:
-    return w.detach().abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(1e-12)
+def channel_shape(weight: Tensor, axis: int) -> tuple[int, ...]:
+    """The shape that broadcasts one value per channel along ``axis`` against ``weight``."""
+    return tuple(weight.shape[axis] if d == axis else 1 for d in range(weight.dim()))
 
 
-def weight_scale(weight: Tensor, bits: int, method: str = "mse") -> Tensor:
-    """Per-output-channel scales for symmetric ``bits``-bit weights.
+def weight_scale(weight: Tensor, bits: int, method: str = "mse", axis: int = 0) -> Tensor:
+    """Per-output-channel scales (channels along ``axis``) for symmetric ``bits``-bit weights.
 
     ``minmax``: the largest |w| of the channel maps to the top of the grid. ``mse``: the
     clipping ratio (1.0 down to 0.2) with the least squared rounding error, per channel.
@@ -37,12 +39,12 @@ def weight_scale(weight: Tensor, bits: int, method: str = "mse") -> Tensor:
     if method not in SCALE_METHODS:
         raise OmpqValueError(f"weight scale method must be one of {SCALE_METHODS}, got {method!r}")
     qmin, qmax = quant_range(bits, signed=True)
-    w = weight.detach().float()
-    base = _per_channel_absmax(w) / qmax
+    flat = weight.detach().float().movedim(axis, 0)
+    flat = flat.reshape(flat.shape[0], -1)
+    base = flat.abs().amax(dim=1).clamp_min(1e-12) / qmax
     if method == "minmax":
         return base
-    flat = w.reshape(w.shape[0], -1)
-    best_err = torch.full((w.shape[0],), math.inf, device=w.device)
+    best_err = torch.full((flat.shape[0],), math.inf, device=flat.device)
     best = base.clone()
     for ratio in _MSE_GRID:
         s = base * ratio
@@ -54,20 +56,24 @@ def weight_scale(weight: Tensor, bits: int, method: str = "mse") -> Tensor:
 
 
 class WeightQuantizer(nn.Module):
-    """Symmetric per-output-channel fake quantization with a learnable (LSQ) scale."""
+    """Symmetric per-output-channel fake quantization with a learnable (LSQ) scale; the output
+    channels lie along ``axis`` (0 for Linear/Conv, 1 for an (in, out) weight as GPT-2's Conv1D)."""
 
-    def __init__(self, weight: Tensor, bits: int, method: str = "mse"):
+    def __init__(self, weight: Tensor, bits: int, method: str = "mse", axis: int = 0):
         super().__init__()
-        self.bits = bits
-        self.scale = nn.Parameter(weight_scale(weight, bits, method))
-        per_channel = weight[0].numel()
+        if not 0 <= axis < weight.dim():
+            raise OmpqValueError(f"channel axis {axis} is not an axis of a weight of shape {tuple(weight.shape)}")
+        self.bits, self.axis = bits, axis
+        self.scale = nn.Parameter(weight_scale(weight, bits, method, axis))
+        per_channel = weight.numel() // weight.shape[axis]
         self.grad_factor = 1.0 / math.sqrt(per_channel * quant_range(bits, True)[1])
 
     def forward(self, weight: Tensor) -> Tensor:
-        return fake_quantize(weight, self.scale, bits=self.bits, signed=True, axis=0, grad_factor=self.grad_factor)
+        return fake_quantize(weight, self.scale, bits=self.bits, signed=True, axis=self.axis,
+                             grad_factor=self.grad_factor)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, per_channel={self.scale.numel()}"
+        return f"bits={self.bits}, per_channel={self.scale.numel()}" + (f", axis={self.axis}" if self.axis else "")
 
 
 class ActQuantizer(nn.Module):
@@ -162,14 +168,14 @@ class QuantLayer(nn.Module):
     """
 
     def __init__(self, layer: nn.Module, weight_bits: int, act_bits: int | None, *, weight_scale_method="mse",
-                 act_method="mse", name: str = "", macs: int = 0):
+                 act_method="mse", name: str = "", macs: int = 0, channel_axis: int = 0):
         super().__init__()
         self.layer = layer
         self.name = name
         self.macs = macs  # per sample, from the plan
         self.weight_bits = weight_bits
         self.act_bits = act_bits
-        self.weight_quantizer = WeightQuantizer(layer.weight, weight_bits, weight_scale_method)
+        self.weight_quantizer = WeightQuantizer(layer.weight, weight_bits, weight_scale_method, channel_axis)
         self.input_quantizer = ActQuantizer(act_bits, act_method).to(layer.weight.device) if act_bits else None
 
     def quantized_weight(self) -> Tensor:
@@ -210,12 +216,20 @@ def quant_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, QuantLa
 class FunctionalWeightQuantizer(WeightQuantizer):
     """The quantizer of a planned weight used outside its module's own call (``F.linear`` on it, an
     attention's packed projection), registered as a parametrization of its owner module: every use
-    reads the weight fake-quantized. Its inputs are not quantized (no module call to catch them)."""
+    reads the weight fake-quantized. The weight it returns carries its ``input_quantizer``, which
+    ``quant/op_inputs.py`` applies to the input of every op that consumes it."""
 
-    def __init__(self, weight: Tensor, bits: int, method: str = "mse", *, name: str = "", kind: str = "",
-                 macs: int = 0):
-        super().__init__(weight, bits, method)
+    def __init__(self, weight: Tensor, bits: int, method: str = "mse", *, axis: int = 0, name: str = "",
+                 kind: str = "", macs: int = 0, input_quantizer: ActQuantizer | None = None):
+        super().__init__(weight, bits, method, axis)
         self.name, self.kind, self.macs = name, kind, macs
+        self.input_quantizer = input_quantizer
+        self.reads = 0  # how often the weight was read, for calibration to tell an unused weight
+
+    def forward(self, weight: Tensor) -> Tensor:
+        self.reads += 1
+        out = super().forward(weight)
+        return out if self.input_quantizer is None else mark(out, self.input_quantizer)
 
     def extra_repr(self) -> str:
         return f"{self.name!r}, {super().extra_repr()}"
@@ -243,5 +257,6 @@ def quantized_weights(model: nn.Module) -> list[QuantizedWeight]:
             for plist in module.parametrizations.values():
                 for q in plist:
                     if isinstance(q, FunctionalWeightQuantizer):
-                        out.append(QuantizedWeight(q.name, q.kind, plist.original, q, None, int(q.macs), int(q.bits)))
+                        out.append(QuantizedWeight(q.name, q.kind, plist.original, q, q.input_quantizer, int(q.macs),
+                                                   int(q.bits)))
     return out

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..errors import OmpqTypeError, OmpqValueError
 from ..inputs import join_samples, map_tensors, select_samples, tensors
 from ..progress import progress_bar
-from .modules import QuantLayer, WeightQuantizer, quant_layers
+from .modules import QuantLayer, WeightQuantizer, channel_shape, quant_layers
 from .ops import quant_range
 
 __all__ = ["METHODS", "AdaRoundQuantizer", "find_blocks", "reconstruct"]
@@ -61,18 +61,18 @@ class AdaRoundQuantizer(nn.Module):
     differentiable in ``V`` only.
     """
 
-    def __init__(self, weight: Tensor, scale: Tensor, bits: int):
+    def __init__(self, weight: Tensor, scale: Tensor, bits: int, axis: int = 0):
         super().__init__()
-        self.bits = bits
+        self.bits, self.axis = bits, axis
         self.qmin, self.qmax = quant_range(bits, signed=True)
         scale = scale.detach().float().reshape(-1)
-        if scale.numel() != weight.shape[0]:
-            raise OmpqValueError(f"AdaRoundQuantizer: {scale.numel()} scales for a weight with "
-                                 f"{weight.shape[0]} output channels")
+        if not 0 <= axis < weight.dim() or scale.numel() != weight.shape[axis]:
+            raise OmpqValueError(f"AdaRoundQuantizer: {scale.numel()} scales for a weight of shape "
+                                 f"{tuple(weight.shape)} with output channels along axis {axis}")
         if not bool((scale > 0).all()):
             raise OmpqValueError("AdaRoundQuantizer: every scale must be > 0")
         self.register_buffer("scale", scale.clone())
-        w = weight.detach().float() / scale.reshape(-1, *([1] * (weight.dim() - 1)))
+        w = weight.detach().float() / self.channel_scale(weight)
         rest = (w - w.floor()).clamp(0.0, 1.0)
         # h(V) = rest  <=>  sigmoid(V) = (rest - gamma) / (zeta - gamma); rest in [0, 1] keeps it inside (0, 1).
         self.V = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0))
@@ -84,17 +84,20 @@ class AdaRoundQuantizer(nn.Module):
             return (self.V >= 0).to(self.V.dtype)
         return (torch.sigmoid(self.V) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
 
+    def channel_scale(self, weight: Tensor) -> Tensor:
+        """The scales shaped to broadcast against ``weight``, one per output channel."""
+        return self.scale.reshape(channel_shape(weight, self.axis))
+
     def integers(self, weight: Tensor) -> Tensor:
         """The integer grid values of ``weight`` under the current (soft or hard) rounding."""
-        s = self.scale.reshape(-1, *([1] * (weight.dim() - 1)))
-        return (torch.floor(weight.detach().float() / s) + self.h()).clamp(self.qmin, self.qmax)
+        return (torch.floor(weight.detach().float() / self.channel_scale(weight)) + self.h()).clamp(self.qmin,
+                                                                                                    self.qmax)
 
     def forward(self, weight: Tensor) -> Tensor:
         if weight.shape != self.V.shape:
             raise OmpqValueError(f"AdaRoundQuantizer built for a weight of shape {tuple(self.V.shape)}, "
                                  f"got {tuple(weight.shape)}")
-        s = self.scale.reshape(-1, *([1] * (weight.dim() - 1)))
-        return (self.integers(weight) * s).to(weight.dtype)
+        return (self.integers(weight) * self.channel_scale(weight)).to(weight.dtype)
 
     def regularizer(self, beta: float) -> Tensor:
         """Sum over the weights of 1 - |2h - 1|^beta: 0 when every h is 0 or 1, numel when all are 1/2."""
@@ -416,7 +419,7 @@ def _reconstruct_unit(qmodel, fp_model, name, args, kwargs, n, *, iters, reg_wei
             raise OmpqTypeError(f"reconstruct: layer {lname!r} has a {type(wq).__name__} weight quantizer; "
                                 f"reconstruction needs the per-channel WeightQuantizer")
         originals.append((ql, wq, ql.layer.weight.detach().clone()))
-        ql.weight_quantizer = AdaRoundQuantizer(ql.layer.weight, wq.scale, wq.bits)
+        ql.weight_quantizer = AdaRoundQuantizer(ql.layer.weight, wq.scale, wq.bits, wq.axis)
     quantizers = [ql.weight_quantizer for ql, _, _ in originals]
     params = [q.V for q in quantizers]
     # Only V learns: freeze everything else in the unit for the duration.
@@ -445,8 +448,7 @@ def _reconstruct_unit(qmodel, fp_model, name, args, kwargs, n, *, iters, reg_wei
     with torch.no_grad():
         for (ql, wq, _), q in zip(originals, quantizers):
             q.hard = True
-            s = q.scale.reshape(-1, *([1] * (ql.layer.weight.dim() - 1)))
-            baked = (q.integers(ql.layer.weight) * s).to(ql.layer.weight.dtype)
+            baked = (q.integers(ql.layer.weight) * q.channel_scale(ql.layer.weight)).to(ql.layer.weight.dtype)
             ql.layer.weight.copy_(baked)
             ql.weight_quantizer = wq
         mse_after = _unit_mse(module, inp, target, n, chunk)
