@@ -24,7 +24,7 @@ from ompq_ext.weight_ops import attention_arguments, input_of, weight_of
 from ompq_ext.inputs import batch_call
 from ompq_ext.models import VisionTransformer, vit_b_16
 from ompq_ext.quant.modules import quantized_weights
-from pretrained import minilm_and_batch
+from pretrained import import_torchvision, minilm_and_batch
 
 
 class ReceivedOperands(TorchFunctionMode):
@@ -69,7 +69,7 @@ def plan_and_check(model, batch, expected_names, *, input_fn=None, budget="4bits
     assert before[1] == after[1] and all(torch.equal(before[0][k], after[0][k]) for k in before[0])
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
 
-    q = ompq_ext.quantize(model, p, [batch], input_fn=input_fn, num_calib=16, progress=False)
+    q = ompq_ext.quantize(model, p, [batch], input_fn=input_fn, num_calib=p.settings.num_samples, progress=False)
     assert sorted(x.name for x in quantized_weights(q)) == sorted(expected_names)
     assert_weights_on_grid(q, batch_call(batch, input_fn))
     report = ompq_ext.quant_report(q)
@@ -237,11 +237,7 @@ def test_gpt2_conv1d_from_a_config():
 
 
 def torchvision_models():
-    try:
-        import torchvision
-    except Exception as e:  # absent, or built for another torch ("operator torchvision::nms does not exist")
-        pytest.skip(f"torchvision is not usable here: {type(e).__name__}: {e}")
-    return torchvision.models
+    return import_torchvision().models
 
 
 @pytest.mark.parametrize("arch", ["vit_b_16", "swin_t", "mobilenet_v3_small", "convnext_tiny"])
@@ -252,9 +248,12 @@ def test_torchvision(arch):
     x = torch.randn(8, 3, 224, 224)
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     names += [f"{n}.in_proj_weight" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    if arch == "vit_b_16":
+    if arch == "vit_b_16":  # torchvision zero-initialises the head: a layer whose output never varies
+        with pytest.warns(UserWarning, match="same features for every sample.*'heads.head'"):
+            p = ompq_ext.plan(model, [x], "4bits", progress=False)
+        assert sorted(p.layer_names) == sorted(names) and p.totals.avg_bits <= 4
         with torch.no_grad():
-            model.heads.head.weight.normal_()  # torchvision zero-initialises it: a constant layer (planned, warned)
+            model.heads.head.weight.normal_()  # then the rest of the checks, without that warning
     plan_and_check(model, x, names)
 
 
@@ -338,10 +337,8 @@ def test_embeddings_are_planned_on_request():
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "resnet18"])
 def test_timm(name):
-    try:
-        import timm
-    except Exception as e:  # absent, or its torchvision import failing beside this torch
-        pytest.skip(f"timm is not usable here: {type(e).__name__}: {e}")
+    import_torchvision()  # timm imports it
+    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -376,6 +373,51 @@ def test_fixed_bits_on_a_weight_no_op_used_is_reported():
     with pytest.warns(UserWarning, match=r"fixed_bits names 1 weight.*not planned.*: 1$"):
         p = ompq_ext.plan(model, [x], "4bits", fixed_bits={"1": 8}, num_samples=16, progress=False)
     assert p.layer_names == ["0"]
+
+
+class WindowAttention(nn.Module):
+    """As torchvision's Swin: attention within windows batched batch-major, (N * windows, tokens, C), with
+    F.linear on the modules' weights."""
+
+    def __init__(self, dim=8, window=2):
+        super().__init__()
+        self.qkv, self.proj, self.window = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), window
+
+    def forward(self, x):  # (N, H, W, C)
+        n, h, w, c = x.shape
+        s = self.window
+        t = x.view(n, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, c)
+        q, k, v = F.linear(t, self.qkv.weight, self.qkv.bias).chunk(3, dim=-1)
+        a = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+        out = F.linear(a, self.proj.weight, self.proj.bias)
+        return out.view(n, h // s, w // s, s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
+
+
+def test_windows_batched_batch_major_are_regrouped_by_sample():
+    from ompq_ext.features import observe
+    from ompq_ext.layers import find_layers
+
+    class Keep:
+        def __init__(self):
+            self.seen = {}
+
+        def add(self, i, out, source):
+            self.seen[i] = out.reshape(out.shape[0], -1).clone()
+
+        def finish(self):
+            pass
+
+    torch.manual_seed(0)
+    model, x = nn.Sequential(WindowAttention(), WindowAttention()).eval(), torch.randn(8, 4, 6, 8)  # 6 windows
+    layers = find_layers(model, optional=True)
+    batch, alone = Keep(), Keep()
+    seen = observe(model, layers, ((x,), {}), [batch])
+    assert seen.macs[0] == 4 * 6 * 8 * 24  # tokens per window x windows x in x out, per sample
+    for j in range(8):  # each sample's features are what that sample alone gives
+        observe(model, layers, ((x[j:j + 1],), {}), [alone])
+        for i in batch.seen:
+            assert torch.allclose(batch.seen[i][j], alone.seen[i][0], atol=1e-5), (i, j)
+    plan_and_check(model, x, ["0.qkv", "0.proj", "1.qkv", "1.proj"])
 
 
 def test_sequence_first_outputs_are_refused_not_regrouped():

@@ -82,7 +82,7 @@ class FeaturePass:
     A weight is seen where an op consumes it (``F.linear``, ``F.conv1d/2d/3d``, ``addmm`` / ``mm`` /
     ``matmul`` with it as the second operand, and ``F.multi_head_attention_forward`` for its
     projection weights), through a ``TorchFunctionMode`` active only during the pass; its features
-    are that op's output (for ``addmm`` / ``mm`` over flattened tokens, the rows regrouped by sample;
+    are that op's output (over flattened tokens or batch-major windows, the rows regrouped by sample;
     for an attention's packed projection, its q, k and v outputs side by side). Weights of the user's
     own ``layer_types`` are seen through a hook on their module, with the module's output as features.
 
@@ -280,12 +280,15 @@ class FeaturePass:
         seen.calls[i] += 1
 
     def _by_sample(self, out: torch.Tensor, *, lookup: bool = False) -> torch.Tensor:
-        """An op's output with the samples first: a matrix of flattened tokens (N*T, C), rows sample by
-        sample, regroups as (N, T*C); a lookup shared by every sample (first dimension 1: position
+        """An op's output with the samples first. Where its first dimension is k x N, its rows are read as
+        sample by sample and regrouped as (N, k x ...): a matrix of flattened tokens (N*T, C), or windows
+        batch-major (Swin's (N * windows, tokens, C)); not where its second dimension is N (sequence-first
+        (L, N, E), which is refused). A lookup shared by every sample (first dimension 1: position
         embeddings) is the same for each. Anything else must have the samples first already."""
         if lookup and out.dim() >= 2 and out.shape[0] == 1 and self.n > 1:
             return out.expand(self.n, *out.shape[1:])
-        if out.dim() == 2 and out.shape[0] != self.n and out.shape[0] % self.n == 0:
+        if (out.dim() >= 2 and out.shape[0] != self.n and out.shape[0] % self.n == 0
+                and (out.dim() == 2 or out.shape[1] != self.n)):
             return out.reshape(self.n, -1)
         return out
 
