@@ -209,10 +209,13 @@ def _value_table(groups, allowed, values) -> list[dict[int, float]]:
 def _integer_values(table, weight_resolution):
     """Integer objective table for CP-SAT: each row shifted by its minimum (one value per group
     is chosen, so a constant per group changes no decision), then scaled like the weights.
-    Returns (integer table, scale, row minimums)."""
+    Returns (integer table, scale, row minimums). A spread so small that its scale overflows (a
+    subnormal float) is no spread: every choice ties."""
     mins = [min(row.values()) for row in table]
     top = max(v - m for row, m in zip(table, mins) for v in row.values())
     scale = weight_resolution / top if top > 0 else 0.0
+    if not math.isfinite(scale):
+        scale = 0.0
     ints = [{b: round((v - m) * scale) for b, v in row.items()} for row, m in zip(table, mins)]
     return ints, scale, mins
 
