@@ -262,6 +262,38 @@ py::tuple fake_quant_backward(const py::object& x, const py::object& grad, const
     return py::make_tuple(gx, gscale, gzero);
 }
 
+// Scales (and, with return_errors, the float64 errors) of the MSE clipping search over `ratios` for
+// each row of the 2-D float32 array w (one output channel per row).
+py::object mse_weight_scales(const py::object& w_obj, const py::object& base_obj, const py::object& ratios_obj,
+                             long qmin, long qmax, bool return_errors, const std::string& isa, int num_threads) {
+    const py::array_t<float> w = float32_array(w_obj, "w"), base = float32_array(base_obj, "base"),
+                             ratios = float32_array(ratios_obj, "ratios");
+    if (w.ndim() != 2) fail("w must be 2-D (channels x elements per channel), got " + std::to_string(w.ndim()) + "-D");
+    const py::ssize_t channels = w.shape(0), k = w.shape(1);
+    if (base.ndim() != 1 || base.size() != channels)
+        fail("base must be 1-D with one scale per row of w (" + std::to_string(channels) + "), got shape " +
+             std::string(py::str(py::tuple(base_obj.attr("shape")))));
+    if (ratios.ndim() != 1 || ratios.size() < 1) fail("ratios must be a non-empty 1-D array");
+    check_threads(num_threads);
+    ompq::FakeQuantOptions options;
+    options.isa = parse_isa(isa);
+    options.num_threads = num_threads;
+    py::array_t<float> scales(channels);
+    py::array_t<double> errors(return_errors ? channels : 0);
+    const float *wp = w.data(), *bp = base.data(), *rp = ratios.data();
+    float* sp = scales.mutable_data();
+    double* ep = return_errors ? errors.mutable_data() : nullptr;
+    try {
+        py::gil_scoped_release release;
+        ompq::mse_weight_scales(wp, static_cast<std::size_t>(channels), static_cast<std::size_t>(k), bp, rp,
+                                static_cast<std::size_t>(ratios.size()), {qmin, qmax}, sp, ep, options);
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+    if (return_errors) return py::make_tuple(scales, errors);
+    return std::move(scales);
+}
+
 #ifdef OMPQ_HAVE_CUDA
 // A device call's workspace: at least `need` bytes (none needed: anything goes).
 void check_workspace(std::uintptr_t workspace, std::int64_t workspace_bytes, std::size_t need) {
@@ -312,6 +344,12 @@ PYBIND11_MODULE(_core, m) {
           py::arg("isa") = "best", py::arg("num_threads") = 0,
           "(grad_x, grad_scale or None, grad_zero_point or None): straight-through with the clipping mask, "
           "and the LSQ gradients of scale and zero point.");
+    m.def("mse_weight_scales", &mse_weight_scales, py::arg("w"), py::arg("base"), py::arg("ratios"),
+          py::arg("qmin") = -128, py::arg("qmax") = 127, py::arg("return_errors") = false, py::arg("isa") = "best",
+          py::arg("num_threads") = 0,
+          "Per row c of the 2-D float32 w: the scale base[c] * ratios[r] whose symmetric fake quantization "
+          "(zero point 0, as fake_quant_forward) has the least float64 sum of squared errors, the first "
+          "such r on a tie; with return_errors, (scales, errors).");
 #ifdef OMPQ_HAVE_CUDA
     m.attr("cuda_built") = true;
     m.def("cuda_device_available", &ompq::cuda::device_available, "Whether a CUDA device is visible.");

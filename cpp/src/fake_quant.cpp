@@ -35,13 +35,17 @@ detail::FakeQuantKernels pick(Isa isa) {
     return detail::generic::kernels();
 }
 
-void check(const QuantLayout& layout, const float* scale, const float* zero_point, QuantRange range) {
-    if (layout.channels == 0) throw std::invalid_argument("fake_quant: the layout has no channels");
+void check_range(QuantRange range) {
     if (range.qmin > range.qmax)
         throw std::invalid_argument("fake_quant: qmin (" + std::to_string(range.qmin) + ") > qmax (" +
                                     std::to_string(range.qmax) + ")");
     if (range.qmin < -(1L << 16) || range.qmax > (1L << 16))
         throw std::invalid_argument("fake_quant: the integer range must lie within +-65536 (at most 16 bits)");
+}
+
+void check(const QuantLayout& layout, const float* scale, const float* zero_point, QuantRange range) {
+    if (layout.channels == 0) throw std::invalid_argument("fake_quant: the layout has no channels");
+    check_range(range);
     for (std::size_t c = 0; c < layout.channels; ++c) {
         if (!(scale[c] > 0.0f) || !std::isfinite(scale[c]) || !std::isfinite(1.0f / scale[c]))
             throw std::invalid_argument("fake_quant: scale[" + std::to_string(c) + "] = " + std::to_string(scale[c]) +
@@ -270,6 +274,56 @@ void fake_quant_backward(const float* x, const float* gy, float* gx, float* gsca
         per_outside[c] += sum_outside[i];
     }
     write_lsq_gradients(per_scale, per_outside, scale, grad_factor, gscale, gzero);
+}
+
+void mse_weight_scales(const float* w, std::size_t channels, std::size_t k, const float* base, const float* ratios,
+                       std::size_t num_ratios, QuantRange range, float* scales, double* errors,
+                       const FakeQuantOptions& options) {
+    if (w == nullptr || base == nullptr || ratios == nullptr || scales == nullptr)
+        throw std::invalid_argument("mse_weight_scales: null pointer");
+    if (num_ratios == 0) throw std::invalid_argument("mse_weight_scales: no ratios to try");
+    check_range(range);
+    for (std::size_t r = 0; r < num_ratios; ++r)
+        if (!(ratios[r] > 0.0f) || !std::isfinite(ratios[r]))
+            throw std::invalid_argument("mse_weight_scales: ratio[" + std::to_string(r) + "] = " +
+                                        std::to_string(ratios[r]) + " must be positive and finite");
+    for (std::size_t c = 0; c < channels; ++c) {
+        if (!(base[c] > 0.0f) || !std::isfinite(base[c]))
+            throw std::invalid_argument("mse_weight_scales: base scale[" + std::to_string(c) + "] = " +
+                                        std::to_string(base[c]) + " must be positive and finite");
+        for (std::size_t r = 0; r < num_ratios; ++r) {  // every candidate must be a valid fake-quant scale
+            const float s = base[c] * ratios[r];
+            if (!(s > 0.0f) || !std::isfinite(s) || !std::isfinite(1.0f / s))
+                throw std::invalid_argument("mse_weight_scales: base scale[" + std::to_string(c) + "] * ratio[" +
+                                            std::to_string(r) + "] = " + std::to_string(s) +
+                                            " is not a positive scale with a finite inverse");
+        }
+    }
+    const auto kernels = pick(options.isa);
+    const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
+    const long count = static_cast<long>(channels);
+    // One channel per work item: its row is read num_ratios times while it sits in cache.
+#pragma omp parallel num_threads(thread_count(options.num_threads, channels * k * num_ratios, channels))
+    {
+        std::vector<double> row_f64(k);  // the row in float64, converted once for all the ratios
+#pragma omp for schedule(dynamic, 1)
+        for (long c = 0; c < count; ++c) {
+            const float* row = w + static_cast<std::size_t>(c) * k;
+            std::copy(row, row + k, row_f64.begin());
+            float best = base[c] * ratios[0];
+            double best_err = INFINITY;
+            for (std::size_t r = 0; r < num_ratios; ++r) {
+                const float s = base[c] * ratios[r];
+                const double err = kernels.squared_error_row(row, row_f64.data(), k, s, qmin, qmax);
+                if (err < best_err) {  // strictly less: the first minimum wins
+                    best_err = err;
+                    best = s;
+                }
+            }
+            scales[c] = best;
+            if (errors) errors[c] = best_err;
+        }
+    }
 }
 
 }  // namespace ompq

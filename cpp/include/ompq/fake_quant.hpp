@@ -48,4 +48,16 @@ void fake_quant_backward(const float* x, const float* gy, float* gx, float* gsca
                          const QuantLayout& layout, const float* scale, const float* zero_point,
                          QuantRange range, float grad_factor = 1.0f, const FakeQuantOptions& options = {});
 
+// MSE clipping search for per-channel symmetric weight scales. w is channels x k (row-major, one
+// output channel per row). For each channel c it tries the scales s = base[c] * ratios[r] (a float32
+// product), r = 0..num_ratios-1, quantizes the row as fake_quant_forward does with scale s and zero
+// point 0, and writes to scales[c] the s of the least sum of (y - w)^2 (float64; on a tie the first
+// ratio in order wins) and, if errors is not null, that sum to errors[c]. The result does not depend
+// on the thread count or the ISA. Throws std::invalid_argument on bad arguments (a null pointer, no
+// ratios, a base scale or ratio that is not positive and finite, a candidate scale with no finite
+// inverse, qmin > qmax).
+void mse_weight_scales(const float* w, std::size_t channels, std::size_t k, const float* base, const float* ratios,
+                       std::size_t num_ratios, QuantRange range, float* scales, double* errors = nullptr,
+                       const FakeQuantOptions& options = {});
+
 }  // namespace ompq

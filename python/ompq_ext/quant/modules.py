@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
 
+from .. import _core
 from ..errors import OmpqValueError
 from .op_inputs import mark
 from .ops import fake_quantize, quant_range
@@ -34,7 +35,8 @@ def weight_scale(weight: Tensor, bits: int, method: str = "mse", axis: int = 0) 
     """Per-output-channel scales (channels along ``axis``) for symmetric ``bits``-bit weights.
 
     ``minmax``: the largest |w| of the channel maps to the top of the grid. ``mse``: the
-    clipping ratio (1.0 down to 0.2) with the least squared rounding error, per channel.
+    clipping ratio (1.0 down to 0.2) with the least squared rounding error, per channel (the first
+    such ratio on a tie); on the CPU one core kernel (``_core.mse_weight_scales``) searches all channels.
     """
     if method not in SCALE_METHODS:
         raise OmpqValueError(f"weight scale method must be one of {SCALE_METHODS}, got {method!r}")
@@ -44,6 +46,21 @@ def weight_scale(weight: Tensor, bits: int, method: str = "mse", axis: int = 0) 
     base = flat.abs().amax(dim=1).clamp_min(1e-12) / qmax
     if method == "minmax":
         return base
+    if flat.device.type == "cpu":
+        return _mse_search_core(flat, base, qmin, qmax)
+    return _mse_search_torch(flat, base, bits)
+
+
+def _mse_search_core(flat: Tensor, base: Tensor, qmin: int, qmax: int) -> Tensor:
+    """The MSE search over ``_MSE_GRID`` for a CPU (channels, k) float32 matrix: one core kernel,
+    errors summed in float64 (the first minimum in grid order wins, as in the torch search)."""
+    scales = _core.mse_weight_scales(flat.contiguous().numpy(), base.contiguous().numpy(), _MSE_GRID.numpy(),
+                                     qmin, qmax)
+    return torch.from_numpy(scales)
+
+
+def _mse_search_torch(flat: Tensor, base: Tensor, bits: int) -> Tensor:
+    """The same search in torch ops (for CUDA tensors): one fake quantization per ratio, errors in float32."""
     best_err = torch.full((flat.shape[0],), math.inf, device=flat.device)
     best = base.clone()
     for ratio in _MSE_GRID:
