@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved_medians, machine  # noqa: E402
 
 from ompq_ext.models import resnet18  # noqa: E402
-from ompq_ext.quant.modules import _MSE_GRID, weight_scale  # noqa: E402
+from ompq_ext.quant.scales import _MSE_GRID, weight_scale  # noqa: E402
 from ompq_ext.quant.ops import fake_quantize, quant_range  # noqa: E402
 
 BITS = (2, 4, 8)

@@ -33,6 +33,9 @@ def test_plan_equals_the_golden_plan(demo, case):
     want = GOLDEN[case]
     assert p.bits == want["bits"]
     assert p.totals.size_bits == want["size_bits"] and p.totals.bops == want["bops"]
-    assert p.solver.objective == pytest.approx(want["objective"], rel=1e-12)
+    # The features come from torch's float32 convolutions, whose rounding depends on the CPU's kernels
+    # (an AVX-512 EPYC moved gamma by up to 4e-8 and the objective by 1.5e-9 relative from the machine
+    # that wrote the file): the bits and totals are exact, the orthogonality holds to float32's accuracy.
+    assert p.solver.objective == pytest.approx(want["objective"], rel=1e-6)
     for x in p.layers:
-        assert x.gamma == pytest.approx(want["gamma"][x.name], rel=1e-9, abs=1e-12), x.name
+        assert x.gamma == pytest.approx(want["gamma"][x.name], rel=1e-6, abs=1e-12), x.name

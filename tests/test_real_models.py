@@ -9,6 +9,7 @@ model every op receives each planned weight on its quantization grid."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -190,20 +191,24 @@ def test_multihead_attention_features_are_its_projections():
     model = Cross().eval()
     x, memory = torch.randn(12, 5, 8), torch.randn(12, 7, 8)  # the functional form sees them sequence first
     p = ompq_ext.plan(model, [((x, memory), {})], "4bits", num_samples=12, input_fn=lambda b: b, progress=False)
-    w, b = model.attn.in_proj_weight, model.attn.in_proj_bias
+    # The reference in float64: the plan's float32 features round differently with the CPU's kernels
+    # (an AVX-512 machine moved the ORM by 1.3e-9), so it is held to float32's accuracy, 1e-6.
+    exact = copy.deepcopy(model).double()
+    x, memory = x.double(), memory.double()
+    w, b = exact.attn.in_proj_weight, exact.attn.in_proj_bias
     with torch.no_grad():
         q = F.linear(x, w[:8], b[:8]).reshape(12, -1)
         k = F.linear(memory, w[8:16], b[8:16]).reshape(12, -1)
         v = F.linear(memory, w[16:], b[16:]).reshape(12, -1)
-        out = model(x, memory).reshape(12, -1)
-    feats = {"attn.in_proj_weight": torch.cat([q, k, v], 1).double(), "attn.out_proj": out.double()}
+        out = exact(x, memory).reshape(12, -1)
+    feats = {"attn.in_proj_weight": torch.cat([q, k, v], 1), "attn.out_proj": out}
 
     def cka(a, b):
         a, b = a - a.mean(0), b - b.mean(0)
         return float((b.T @ a).norm() ** 2 / ((a.T @ a).norm() * (b.T @ b).norm()))
 
     assert p.layer_names == ["attn.in_proj_weight", "attn.out_proj"]
-    assert p.orm[0, 1] == pytest.approx(cka(feats["attn.in_proj_weight"], feats["attn.out_proj"]), abs=1e-9)
+    assert p.orm[0, 1] == pytest.approx(cka(feats["attn.in_proj_weight"], feats["attn.out_proj"]), abs=1e-6)
 
 
 # ---------------------------------------------------------------- Hugging Face transformers, from configs

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from ompq_ext import _core as core
 from ompq_ext.errors import OmpqValueError
 from ompq_ext.models import resnet18
-from ompq_ext.quant.modules import _MSE_GRID, _mse_search_torch, weight_scale
+from ompq_ext.quant.scales import _MSE_GRID, _mse_search_torch, weight_scale
 from ompq_ext.quant.ops import fake_quantize, quant_range
 
 REL = 1e-6  # the kernel's pick may exceed the least float64 grid error by this (summation order)

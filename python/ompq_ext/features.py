@@ -24,7 +24,7 @@ from .guard import untouched
 from .inputs import call_model, first_tensor, sample_count
 from .layers import Layer
 from .progress import progress_bar
-from .weight_ops import attention_arguments, input_of, weight_of
+from .weight_ops import OpInput, attention_arguments, input_of, module_input, op_input, weight_of
 
 FEATURE_POINTS = ("output", "activation")
 BN_MODES = ("eval", "batch")
@@ -71,7 +71,8 @@ class _OpObserver(TorchFunctionMode):
             return out
         weight, where = weight_of(func, args, kwargs)
         if weight is not None and id(weight) in self.feature_pass._by_weight:
-            self.feature_pass._op_use(weight, out, where.axis, input_of(where, args, kwargs))
+            self.feature_pass._op_use(weight, out, where.axis, input_of(where, args, kwargs),
+                                      lambda: op_input(func, args, kwargs, where))
         return out
 
 
@@ -101,6 +102,8 @@ class FeaturePass:
         self.layers = layers
         self.n = num_samples
         self.collectors = list(collectors)
+        # Collectors that also take each use's input (``add_use(i, OpInput)``), e.g. for the output error.
+        self._input_collectors = [c for c in self.collectors if hasattr(c, "add_use")]
         self.feature_point = feature_point
         self.model = model
         self.progress = progress  # a progress bar, advanced once per weight that is used
@@ -189,7 +192,7 @@ class FeaturePass:
             if not layer.optional and layer.kind != "Embedding" and self.observation.calls[i] == calls[i]:
                 self._output_hook(i)(module, args, output)
 
-    def _op_use(self, weight: torch.Tensor, out: torch.Tensor, axis, op_input):
+    def _op_use(self, weight: torch.Tensor, out: torch.Tensor, axis, op_input, use=None):
         units = self._by_weight[id(weight)]
         if axis is None:  # a lookup: planned only as an embedding (include_embeddings)
             units = [j for j in units if self.layers[j].kind == "Embedding"]
@@ -215,6 +218,8 @@ class FeaturePass:
             return
         if axis is not None and self.observation.calls[i] == 0:
             self.observation.channel_axis[i] = axis % weight.dim()  # 1 for a (in, out) weight as GPT-2's Conv1D
+        if axis is not None and use is not None:
+            self._hand_input(i, use)
         self._use(i, out, 0 if axis is None else out[0].numel() * (weight.numel() // weight.shape[axis]))
 
     def _attention(self, args, kwargs, out):
@@ -236,20 +241,32 @@ class FeaturePass:
             return F.linear(x, w, b).transpose(0, 1)
 
         if a["use_separate_proj_weight"]:
-            uses = [(a[f"{p}_proj_weight"], [projection(x, a[f"{p}_proj_weight"], k)])
+            uses = [(a[f"{p}_proj_weight"], [projection(x, a[f"{p}_proj_weight"], k)], lambda x=x: [OpInput(x)])
                     for k, (p, x) in enumerate(zip("qkv", (query, key, value)))]
         else:
             w = a["in_proj_weight"]
             packed = [projection(x, w[k * embed:(k + 1) * embed], k) for k, x in enumerate((query, key, value))]
-            uses = [(w, packed)]
-        uses.append((a["out_proj_weight"], [out[0].transpose(0, 1)]))
-        for weight, parts in uses:
+            uses = [(w, packed, lambda: [OpInput(query)] if query is key is value else  # one input: the whole matrix
+                     [OpInput(x, part=slice(k * embed, (k + 1) * embed)) for k, x in enumerate((query, key, value))])]
+
+        def attended():  # the out-projection's input, inside the call: the attention with an identity out-projection
+            w = a["out_proj_weight"]
+            eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+            inner = F.multi_head_attention_forward(**{**a, "out_proj_weight": eye, "out_proj_bias": None})[0]
+            self._projections = None
+            return [OpInput(inner)]
+
+        uses.append((a["out_proj_weight"], [out[0].transpose(0, 1)], attended))
+        for weight, parts, inputs in uses:
             units = self._by_weight.get(id(weight))
             if units:
                 i = units[0]
                 self.observation.outside[i] = True
                 feats = torch.cat([p.reshape(self.n, -1) for p in parts], dim=1)
                 in_features = weight.shape[1]
+                if self._input_collectors:
+                    for op in inputs():
+                        self._hand_input(i, lambda op=op: op)
                 self._use(i, feats, sum(p[0].numel() for p in parts) * in_features)
 
     def _output_hook(self, i):
@@ -260,9 +277,18 @@ class FeaturePass:
             if out is None or not out.is_floating_point():
                 raise FeatureError(f"layer {layer.name!r} returned no floating-point tensor; exclude it")
             weight = layer.weight
+            self._hand_input(i, lambda: module_input(module, first_tensor(inputs)))
             self._use(i, out, out[0].numel() * (weight.numel() // weight.shape[0]))
 
         return hook
+
+    def _hand_input(self, i: int, use):
+        """Give the input of weight i's use (built by ``use()`` only where a collector takes it)."""
+        if self._input_collectors:
+            op = use()
+            if op is not None:
+                for c in self._input_collectors:
+                    c.add_use(i, op)
 
     def _use(self, i: int, out: torch.Tensor, macs: int):
         """One use of weight ``i``: its features ``out`` (samples first) and its MACs per sample."""

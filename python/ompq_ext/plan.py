@@ -101,7 +101,14 @@ def plan(
     problem = build_problem(model, planned, {x.name: seen.macs[layers.index(x)] for x in planned}, options, ties)
     with _stage(timing, "scores"):
         indices = [layers.index(x) for x in planned]
-        scores = allocator.scores(ScoringInput(model, samples, planned, indices, problem.bits, collectors))
+        allowed = {n: s.bits for s, g in zip(problem.specs, problem.groups) for n in g.layers}
+        def solve(candidate: Scores) -> dict[str, int]:
+            candidate.check([x.name for x in planned], allocator.name)
+            bits = solve_problem(problem, candidate, time_limit_s).bits
+            return {n: int(b) for g, b in zip(problem.groups, bits) for n in g.layers}
+
+        scores = allocator.scores(ScoringInput(model, samples, planned, indices, problem.bits, collectors, allowed,
+                                               [seen.channel_axis[i] for i in indices], solve, progress))
         if not isinstance(scores, Scores):
             raise OmpqTypeError(f"the {allocator.name!r} allocator returned {type(scores).__name__}, not Scores")
         scores.check([x.name for x in planned], allocator.name)
@@ -111,7 +118,7 @@ def plan(
     settings = Settings(method=allocator.name, bits=list(problem.bits), act_bits=options.act_bits,
                         fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
                         ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
-                        method_settings=_method_settings(allocator))
+                        cost=_method_cost(scores), method_settings=_method_settings(allocator))
     where = {x.name: (seen.outside[layers.index(x)] or x.attr != "weight" or x.kind == "Embedding",
                       seen.channel_axis[layers.index(x)]) for x in planned}
     return _record(model, planned, skipped, problem, scores, allocation, settings, timing, where)
@@ -145,22 +152,35 @@ def _planned_layers(layers, seen, feature_point):
 
 def _allocator(method, **ompq_options) -> Allocator:
     """The allocator ``method`` names (OMPQ's settings go to OMPQ), or ``method`` itself."""
+    if isinstance(method, str) and method == "ompq":
+        return OMPQ(**ompq_options)
     if isinstance(method, Allocator):
         if not isinstance(method.name, str) or not method.name or method.name == "ompq" and not isinstance(method, OMPQ):
             raise OmpqValueError(f"{type(method).__name__}.name must be a name of its own for the plan's record, "
                                  f"got {method.name!r}")
-        defaults = dict(beta=DEFAULT_BETA, objective=DEFAULT_OBJECTIVE, feature_point="output", estimator="biased")
-        changed = [k for k, v in defaults.items() if ompq_options[k] != v]
-        if changed:
-            raise OmpqValueError(f"{', '.join(changed)} set OMPQ's allocator, but method is a "
-                                 f"{type(method).__name__}; configure that allocator instead")
-        return method
-    if not isinstance(method, str):
+        allocator, what = method, f"method is a {type(method).__name__}; configure that allocator instead"
+    elif not isinstance(method, str):
         raise OmpqTypeError(f"method must be a name {tuple(ALLOCATORS)} or an ompq_ext.allocators.Allocator, "
                             f"got {type(method).__name__}")
-    if method not in ALLOCATORS:
+    elif method not in ALLOCATORS:
         raise OmpqValueError(f"method must be one of {tuple(ALLOCATORS)} or an Allocator instance, got {method!r}")
-    return OMPQ(**ompq_options)
+    else:
+        allocator = ALLOCATORS[method]()
+        what = (f"method={method!r}; pass method=ompq_ext.allocators.{type(allocator).__name__}(...) to configure "
+                f"that one")
+    defaults = dict(beta=DEFAULT_BETA, objective=DEFAULT_OBJECTIVE, feature_point="output", estimator="biased")
+    changed = [k for k, v in defaults.items() if ompq_options[k] != v]
+    if changed:
+        raise OmpqValueError(f"{', '.join(changed)} set OMPQ's allocator, but {what}")
+    return allocator
+
+
+def _method_cost(scores: Scores) -> dict:
+    """The feature pass (one forward) plus what the allocator ran itself."""
+    own = dict(scores.cost or {})
+    return {"forward_passes": 1 + int(own.get("forward_passes", 0)),
+            "backward_passes": int(own.get("backward_passes", 0)),
+            "labels": bool(own.get("labels", False)), "gradients": bool(own.get("gradients", False))}
 
 
 def _method_settings(allocator) -> dict:

@@ -117,7 +117,7 @@ class SolverRecord(_Record):
     solve_time_s: float
 
 
-_SETTINGS = ("method", "bits", "act_bits", "fixed_bits", "num_samples", "bn_mode", "ties", "time_limit_s")
+_SETTINGS = ("method", "bits", "act_bits", "fixed_bits", "num_samples", "bn_mode", "ties", "time_limit_s", "cost")
 
 
 @dataclass
@@ -132,6 +132,8 @@ class Settings(_Record):
     bn_mode: str = "eval"
     ties: list[list[str]] = field(default_factory=list)
     time_limit_s: float | None = None
+    # What the method needed: forward_passes (the feature pass included), backward_passes, labels, gradients
+    cost: dict = field(default_factory=dict)
     method_settings: dict = field(default_factory=dict)  # e.g. OMPQ's beta, objective, feature_point, estimator
 
     def __post_init__(self):

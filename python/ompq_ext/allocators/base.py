@@ -11,6 +11,7 @@ it asks for through ``collectors``, which the pass feeds while the forward runs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,9 @@ class Scores:
     gamma: dict[str, float] | None = None
     log_theta: dict[str, float] | None = None
     orm: np.ndarray | None = None  # L x L, planned layers in execution order
+    # What scoring cost beyond the feature pass, recorded in the plan: {"forward_passes": int (its own),
+    # "backward_passes": int, "labels": bool, "gradients": bool}; None: nothing beyond the pass.
+    cost: dict | None = None
 
     def check(self, names: list[str], method: str) -> None:
         """Raise unless the scores cover every planned layer (``names``) in the form the solver takes."""
@@ -54,6 +58,12 @@ class ScoringInput:
     indices: list[int]  # their positions in the list of layers handed to ``collectors``
     bits: tuple[int, ...]  # the bit-widths the free layers choose from
     collectors: list = field(default_factory=list)  # what ``collectors`` returned, after the pass
+    allowed: dict[str, tuple[int, ...]] = field(default_factory=dict)  # each layer's bit-widths (fixed ones too)
+    channel_axes: list[int] = field(default_factory=list)  # each planned weight's output-channel axis
+    # solve(scores) -> {layer name: bits}: the exact solver on this plan's budgets and bit choices (for
+    # allocators that compare candidate plans)
+    solve: Callable[[Scores], dict[str, int]] | None = None
+    progress: object = None  # plan()'s progress argument, for allocators with long work of their own
 
 
 class Allocator(ABC):

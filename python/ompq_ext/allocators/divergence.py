@@ -1,0 +1,115 @@
+"""How far the model's outputs on the planning samples move from FP32 when some planned weights are
+replaced by their quantized values -- one forward pass per evaluation, through
+``torch.func.functional_call``, so the model itself is never written to.
+
+The output compared is the model's tensor output, or from a dict/dataclass output the first of
+``logits``, ``sentence_embedding``, ``pooler_output``, ``last_hidden_state`` (else its first tensor);
+``output_fn(output) -> tensor`` picks another. Divergences (mean over the output's rows, the last
+dimension being the one compared):
+
+* ``"kl"``: KL(softmax(FP32) || softmax(quantized)) of the last dimension read as class logits;
+* ``"cosine"``: 1 - cosine similarity of the last dimension (embedding models);
+* ``"mse"``: mean squared difference over the FP32 output's mean square;
+* ``"auto"``: ``"cosine"`` where the output is an embedding (``sentence_embedding``,
+  ``pooler_output``, ``last_hidden_state``, ``embeddings``), else ``"kl"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..errors import OmpqTypeError, OmpqValueError, check_choice
+from ..guard import untouched
+from ..inputs import call_model, first_tensor
+from ..layers import Layer
+
+DIVERGENCES = ("auto", "kl", "cosine", "mse")
+_OUTPUT_KEYS = ("logits", "sentence_embedding", "pooler_output", "last_hidden_state", "embeddings")
+_EMBEDDING_KEYS = ("sentence_embedding", "pooler_output", "last_hidden_state", "embeddings")
+
+
+def check_divergence(divergence: str, output_fn) -> None:
+    check_choice("divergence", divergence, DIVERGENCES)
+    if output_fn is not None and not callable(output_fn):
+        raise OmpqTypeError(f"output_fn must be a function of the model's output, got {type(output_fn).__name__}")
+
+
+def _output_tensor(output, output_fn) -> tuple[torch.Tensor, str]:
+    """(the tensor compared, the key it came from or "")."""
+    if output_fn is not None:
+        out, key = output_fn(output), ""
+    elif isinstance(output, torch.Tensor):
+        out, key = output, ""
+    else:
+        items = output if isinstance(output, Mapping) else getattr(output, "__dict__", {})
+        key = next((k for k in _OUTPUT_KEYS if isinstance(items.get(k), torch.Tensor)), "")
+        out = items[key] if key else first_tensor(output)
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.numel() == 0:
+        raise OmpqValueError("the model's output has no floating-point tensor to compare with FP32; pass "
+                             "output_fn=lambda output: ... returning the logits or embedding tensor")
+    return out.detach().float(), key
+
+
+def _divergence(kind: str, out: torch.Tensor, ref: torch.Tensor) -> float:
+    if kind == "kl":
+        rows = ref.shape[-1]
+        p, q = F.log_softmax(ref.reshape(-1, rows), -1), F.log_softmax(out.reshape(-1, rows), -1)
+        return float(F.kl_div(q, p, log_target=True, reduction="batchmean"))
+    if kind == "cosine":
+        rows = ref.shape[-1]
+        return float(1 - F.cosine_similarity(out.reshape(-1, rows), ref.reshape(-1, rows), dim=-1).mean())
+    return float((out - ref).square().mean() / ref.square().mean().clamp_min(1e-30))
+
+
+def parameter_paths(model: nn.Module, layers: list[Layer]) -> list[str]:
+    """Each planned weight's name in ``model.named_parameters()``/``named_buffers()`` (for functional_call)."""
+    path_of = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        path_of.setdefault(id(t), name)
+    paths = []
+    for layer in layers:
+        path = path_of.get(id(layer.weight))
+        if path is None:
+            raise OmpqValueError(f"layer {layer.name!r}: its weight is computed (e.g. a parametrization), not a "
+                                 f"parameter or buffer of the model, so its quantized values cannot be swapped in "
+                                 f"for this method; exclude it or use method='ompq' or 'output_error'")
+        paths.append(path)
+    return paths
+
+
+class OutputDivergence:
+    """``__call__({i: weight})``: the divergence of the model's outputs, with ``layers[i]``'s weight replaced,
+    from its FP32 outputs (computed once here). ``forward_passes`` counts every forward run."""
+
+    def __init__(self, model: nn.Module, samples: tuple, layers: list[Layer], *, divergence: str = "auto",
+                 output_fn: Callable | None = None):
+        check_divergence(divergence, output_fn)
+        self.model, self.samples, self.output_fn = model, samples, output_fn
+        self.paths = parameter_paths(model, layers)
+        self.like = [layer.weight for layer in layers]  # dtype and device of what a replacement stands for
+        self.forward_passes = 0
+        self.reference, key = self._outputs({})
+        self.kind = divergence if divergence != "auto" else "cosine" if key in _EMBEDDING_KEYS else "kl"
+
+    @torch.no_grad()
+    def _outputs(self, replaced: dict[str, torch.Tensor]):
+        args, kwargs = self.samples
+        self.forward_passes += 1
+        with untouched(self.model):
+            self.model.eval()
+            if replaced:
+                output = functional_call(self.model, replaced, tuple(args), dict(kwargs), strict=False)
+            else:
+                output = call_model(self.model, args, kwargs, samples="the planning")
+        return _output_tensor(output, self.output_fn)
+
+    def __call__(self, weights: dict[int, torch.Tensor]) -> float:
+        replaced = {self.paths[i]: w.to(dtype=self.like[i].dtype, device=self.like[i].device)
+                    for i, w in weights.items()}
+        out, _ = self._outputs(replaced)
+        return _divergence(self.kind, out, self.reference)

@@ -1,0 +1,112 @@
+"""Output error: a bit-width costs the error it causes in its layer's output, measured on the
+planning samples in the one feature pass.
+
+For each use of a planned weight the feature pass hands over the op's input as the rows the weight
+multiplies (token vectors, or convolution patches); up to ``max_rows`` of them are kept per input,
+sampled uniformly (all where there are fewer), which bounds the memory at ``max_rows`` x (the
+weight's input width) float32 values per distinct input (a ResNet-18 at 512 rows: about 70 MB). After
+the pass, bit-width b of weight i costs the layer-output error per sample
+
+    e_i(b) = (1/N) sum over its uses and rows x of ||(Q_b(W_i) - W_i) x||^2,
+
+which is tr(dW_b Sigma dW_b^T) for the input second moment Sigma (what GPTQ calls the layer
+Hessian), estimated from the sample of rows. ``normalize="output"`` divides it by the layer's own
+output energy (1/N) sum ||W_i x||^2 (a noise-to-signal ratio); ``"none"`` keeps it as it is. The
+solver minimises the sum over the planned weights.
+
+A weight whose uses have no rows (a module of the user's own ``layer_types``, seen through its output)
+is costed by its relative weight error times its output energy.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from ..errors import OmpqValueError, check_choice
+from ..weight_ops import WeightForm
+from .base import Allocator, Scores, ScoringInput
+from .perturbation import QuantizedWeights, check_weight_scale
+
+NORMALIZE = ("none", "output")
+
+
+class InputRows:
+    """Feature-pass collector: a uniform sample of each planned weight's input rows per use, and the
+    energy of its features (for the weights without rows)."""
+
+    def __init__(self, num_layers: int, num_samples: int, max_rows: int, seed: int = 0):
+        self.n, self.max_rows = num_samples, max_rows
+        self.uses: list[list[tuple[WeightForm, torch.Tensor, float]]] = [[] for _ in range(num_layers)]
+        self.energy = [0.0] * num_layers
+        self._generator = torch.Generator().manual_seed(seed)
+        self._rows = {}  # (id(input), geometry) -> (weakref to the input, rows, scale): q, k, v share one sample
+
+    def add(self, i: int, features: torch.Tensor, source: str = ""):
+        self.energy[i] += float(features.double().square().sum()) / self.n
+
+    def add_use(self, i: int, op):
+        geometry = None if op.conv is None else repr(sorted(op.conv.items()))
+        key = (id(op.x), geometry)
+        kept = self._rows.get(key)
+        if kept is None or kept[0]() is not op.x:
+            rows, scale = op.rows(self.max_rows, self._generator)
+            kept = (weakref.ref(op.x), rows.float().cpu(), scale)
+            self._rows[key] = kept
+        self.uses[i].append((op.form, kept[1], kept[2]))  # not the input itself: it is freed after its op
+
+    def finish(self):
+        self._rows.clear()
+
+    def error(self, i: int, delta: torch.Tensor) -> float:
+        """(1/N) sum over weight i's uses of ||delta x||^2 over every row (estimated from the sample)."""
+        total = 0.0
+        for form, rows, scale in self.uses[i]:
+            out = torch.einsum("kgd,god->kgo", rows, form.matrix(delta.cpu()))
+            total += scale * float(out.double().square().sum())
+        return total / self.n
+
+
+class OutputError(Allocator):
+    """Each bit-width costs the error it causes in its layer's output (see the module docstring).
+
+    normalize: "none" (the error itself) or "output" (relative to the layer's output energy).
+    max_rows: input rows kept per weight use (exact where an op has no more). weight_scale: the
+    recipe's weight scales ("mse" as quantize()'s default, or "minmax"). seed: the row sample's.
+    """
+
+    name = "output_error"
+    min_samples = 1
+
+    def __init__(self, *, normalize: str = "none", max_rows: int = 512, weight_scale: str = "mse", seed: int = 0):
+        check_choice("normalize", normalize, NORMALIZE)
+        check_weight_scale(weight_scale)
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise OmpqValueError(f"max_rows must be a positive integer, got {max_rows!r}")
+        self.normalize, self.max_rows, self.weight_scale, self.seed = normalize, max_rows, weight_scale, seed
+
+    def collectors(self, layers, num_samples):
+        return [InputRows(len(layers), num_samples, self.max_rows, self.seed)]
+
+    def scores(self, data: ScoringInput) -> Scores:
+        rows = next(c for c in data.collectors if isinstance(c, InputRows))
+        weights = QuantizedWeights(data.layers, data.channel_axes, self.weight_scale)
+        values = {}
+        for k, (i, layer) in enumerate(zip(data.indices, data.layers)):
+            w = weights.float[k]
+            if rows.uses[i]:
+                signal = rows.error(i, w)
+                errors = {b: rows.error(i, weights.delta(k, b)) for b in data.allowed[layer.name]}
+            else:  # no rows: the relative weight error times the output energy
+                signal = rows.energy[i]
+                norm = float(w.double().square().sum()) or 1.0
+                errors = {b: signal * float(weights.delta(k, b).double().square().sum()) / norm
+                          for b in data.allowed[layer.name]}
+            scale = 1.0 / signal if self.normalize == "output" and signal > 0 else 1.0
+            values[layer.name] = {b: -e * scale for b, e in errors.items()}
+        return Scores(values=values)
+
+    def settings(self) -> dict:
+        return {"normalize": self.normalize, "max_rows": self.max_rows, "weight_scale": self.weight_scale,
+                "seed": self.seed}

@@ -1,0 +1,63 @@
+"""Weight scales for symmetric per-channel quantization: the largest |w| per channel ("minmax") or
+the clipping ratio with the least squared rounding error ("mse", one C++ core kernel on the CPU).
+Shared by the quantized modules and by the allocators that measure a bit-width's perturbation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .. import _core
+from ..errors import OmpqValueError
+from .ops import fake_quantize, quant_range
+
+SCALE_METHODS = ("minmax", "mse")
+_MSE_GRID = torch.linspace(1.0, 0.2, 81)  # clipping ratios tried by the MSE scale search
+
+
+def channel_shape(weight: Tensor, axis: int) -> tuple[int, ...]:
+    """The shape that broadcasts one value per channel along ``axis`` against ``weight``."""
+    return tuple(weight.shape[axis] if d == axis else 1 for d in range(weight.dim()))
+
+
+def weight_scale(weight: Tensor, bits: int, method: str = "mse", axis: int = 0) -> Tensor:
+    """Per-output-channel scales (channels along ``axis``) for symmetric ``bits``-bit weights.
+
+    ``minmax``: the largest |w| of the channel maps to the top of the grid. ``mse``: the
+    clipping ratio (1.0 down to 0.2) with the least squared rounding error, per channel (the first
+    such ratio on a tie); on the CPU one core kernel (``_core.mse_weight_scales``) searches all channels.
+    """
+    if method not in SCALE_METHODS:
+        raise OmpqValueError(f"weight scale method must be one of {SCALE_METHODS}, got {method!r}")
+    qmin, qmax = quant_range(bits, signed=True)
+    flat = weight.detach().float().movedim(axis, 0)
+    flat = flat.reshape(flat.shape[0], -1)
+    base = flat.abs().amax(dim=1).clamp_min(1e-12) / qmax
+    if method == "minmax":
+        return base
+    if flat.device.type == "cpu":
+        return _mse_search_core(flat, base, qmin, qmax)
+    return _mse_search_torch(flat, base, bits)
+
+
+def _mse_search_core(flat: Tensor, base: Tensor, qmin: int, qmax: int) -> Tensor:
+    """The MSE search over ``_MSE_GRID`` for a CPU (channels, k) float32 matrix: one core kernel,
+    errors summed in float64 (the first minimum in grid order wins, as in the torch search)."""
+    scales = _core.mse_weight_scales(flat.contiguous().numpy(), base.contiguous().numpy(), _MSE_GRID.numpy(),
+                                     qmin, qmax)
+    return torch.from_numpy(scales)
+
+
+def _mse_search_torch(flat: Tensor, base: Tensor, bits: int) -> Tensor:
+    """The same search in torch ops (for CUDA tensors): one fake quantization per ratio, errors in float32."""
+    best_err = torch.full((flat.shape[0],), math.inf, device=flat.device)
+    best = base.clone()
+    for ratio in _MSE_GRID:
+        s = base * ratio
+        err = (fake_quantize(flat, s, bits=bits, axis=0) - flat).square().sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    return best
