@@ -78,3 +78,27 @@ def busy_percent(seconds: float = 1.0):
         return 100.0 * (1 - (i2 - i1) / max(t2 - t1, 1))
     except OSError:
         return None
+
+
+def load_torchvision():
+    """torchvision, or None where it is not installed. Its PyPI wheels link CUDA's libraries, so beside a
+    CPU build of torch its compiled ops (nms, roi_align, ...) do not load and its import fails where it
+    registers their meta kernels; its model definitions are pure Python and need none of them. There
+    the import is retried with those registrations left out (only the compiled ops stay unusable).
+    tests/conftest.py and the benchmarks call this first, as transformers imports torchvision wherever it is installed."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    try:
+        import torchvision
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+        import torchvision
+    return torchvision

@@ -1,7 +1,13 @@
 """The real pretrained model the tests use where it is installed: all-MiniLM-L6-v2 (no download)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from common import load_torchvision  # noqa: E402  (shared with the benchmarks, which import transformers too)
 
 
 def minilm_and_batch(monkeypatch, n: int):
@@ -12,30 +18,6 @@ def minilm_and_batch(monkeypatch, n: int):
     model = minilm.load_model(device="cpu")
     texts = [f"question {i}: how many bits does layer {i % 7} need?" for i in range(n)]
     return model, {k: v for k, v in model.tokenize(texts).items() if torch.is_tensor(v)}
-
-
-def load_torchvision():
-    """torchvision, or None where it is not installed. Its PyPI wheels link CUDA's libraries, so beside a
-    CPU build of torch its compiled ops (nms, roi_align, ...) do not load and its import fails where it
-    registers their meta kernels; its model definitions are pure Python and need none of them. There
-    the import is retried with those registrations left out (only the compiled ops stay unusable).
-    ``conftest.py`` calls this first, as transformers imports torchvision wherever it is installed."""
-    import importlib.util
-    import sys
-    import types
-
-    if importlib.util.find_spec("torchvision") is None:
-        return None
-    try:
-        import torchvision
-    except RuntimeError as e:
-        if "torchvision::" not in str(e):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
-        import torchvision
-    return torchvision
 
 
 def import_torchvision():

@@ -39,7 +39,7 @@ def test_registry_and_instance_give_the_same_plan(small):
 def test_ompq_weights_handed_back_reproduce_the_ompq_plan(small):
     """The pipeline's group objective is the sum of the layer weights, whoever scores them."""
     model, x = small
-    ompq = ompq_ext.plan(model, [x], "3bits", ties=[["2", "4"]], progress=False)
+    ompq = ompq_ext.plan(model, [x], "3bits", ties=[["2", "4"]], method="ompq", progress=False)
     given = ompq_ext.plan(model, [x], "3bits", ties=[["2", "4"]], progress=False,
                           method=GivenScores(weights={l.name: l.weight for l in ompq.layers}))
     assert given.bits == ompq.bits and given.solver.objective == ompq.solver.objective

@@ -175,9 +175,11 @@ def test_progress_display_with_non_tty_stderr(env, capsys):
 
 
 def test_data_as_tuple_npz_and_callable(env, capsys):
-    p_tensor, _, _ = plan_file(env, capsys, data="x.pt", name="a.json")
-    p_tuple, _, _ = plan_file(env, capsys, data="xy.pt", name="b.json")
-    p_npz, _, _ = plan_file(env, capsys, data="x.npz", name="c.json")
+    # OMPQ: its ORM matrix shows that the features, hence the samples, are the same
+    p_tensor, _, _ = plan_file(env, capsys, "--method", "ompq", data="x.pt", name="a.json")
+    p_tuple, _, _ = plan_file(env, capsys, "--method", "ompq", data="xy.pt", name="b.json")
+    p_npz, _, _ = plan_file(env, capsys, "--method", "ompq", data="x.npz", name="c.json")
+    assert p_tensor.orm is not None
     # the same 32 inputs in three containers give the same plan
     assert p_tensor.bits == p_tuple.bits == p_npz.bits
     np.testing.assert_array_equal(p_tensor.orm, p_tuple.orm)
@@ -191,16 +193,18 @@ def test_data_as_tuple_npz_and_callable(env, capsys):
 
 
 def test_npz_data_key(env, capsys):
-    p, _, _ = plan_file(env, capsys, "--data-key", "x", data="two.npz")
+    p, _, _ = plan_file(env, capsys, "--data-key", "x", "--method", "ompq", data="two.npz")
     assert p.layer_names == NAMES
-    ref, _, _ = plan_file(env, capsys, data="x.npz", name="ref.json")
+    ref, _, _ = plan_file(env, capsys, "--method", "ompq", data="x.npz", name="ref.json")
+    assert p.orm is not None
     np.testing.assert_array_equal(p.orm, ref.orm)
 
 
 def test_weights_are_loaded(env, capsys):
-    without, _, _ = plan_file(env, capsys, name="without.json")
+    # OMPQ: its ORM matrix and gamma show which features the plan was made from
+    without, _, _ = plan_file(env, capsys, "--method", "ompq", name="without.json")
     model_without = env.module().BUILT[-1]
-    with_w, _, _ = plan_file(env, capsys, "--weights", env.path("w.pt"), name="with.json")
+    with_w, _, _ = plan_file(env, capsys, "--weights", env.path("w.pt"), "--method", "ompq", name="with.json")
     model_with = env.module().BUILT[-1]
     assert model_with is not model_without
     # the model the CLI planned holds exactly the saved weights ...
@@ -213,8 +217,9 @@ def test_weights_are_loaded(env, capsys):
 
 
 def test_weights_from_a_checkpoint_dict(env, capsys):
-    a, _, _ = plan_file(env, capsys, "--weights", env.path("w.pt"), name="a.json")
-    b, _, _ = plan_file(env, capsys, "--weights", env.path("ckpt.pt"), name="b.json")
+    a, _, _ = plan_file(env, capsys, "--weights", env.path("w.pt"), "--method", "ompq", name="a.json")
+    b, _, _ = plan_file(env, capsys, "--weights", env.path("ckpt.pt"), "--method", "ompq", name="b.json")
+    assert a.orm is not None
     np.testing.assert_array_equal(a.orm, b.orm)
     assert a.bits == b.bits
 
@@ -222,9 +227,10 @@ def test_weights_from_a_checkpoint_dict(env, capsys):
 def test_model_as_module_object(env, capsys):
     out_path = env.path("obj.json")
     rc, _, err = run(capsys, "plan", f"{env.mod}:MODEL", "--data", env.path("x.pt"), "--budget", "3bits",
-                     "-o", out_path, "--quiet")
+                     "-o", out_path, "--quiet", "--method", "ompq")
     assert rc == 0, err
-    ref, _, _ = plan_file(env, capsys, name="ref.json")  # factory with the same seed
+    ref, _, _ = plan_file(env, capsys, "--method", "ompq", name="ref.json")  # factory with the same seed
+    assert ref.orm is not None
     np.testing.assert_array_equal(Plan.load(out_path).orm, ref.orm)
 
 
@@ -275,6 +281,21 @@ def test_other_options_reach_plan(env, capsys):
     assert p.layer_names == ["0", "2"]
     p2, _, _ = plan_file(env, capsys, "--include", "2", "--include", "4", name="inc.json")
     assert p2.layer_names == ["2", "4"]
+
+
+def test_method_option(env, capsys):
+    default, _, _ = plan_file(env, capsys, name="default.json")
+    assert default.settings.method == "verified" and default.orm is None
+    assert default.settings.num_samples == 32  # the file's all: fewer than verified's 128, taken silently
+    ompq, _, _ = plan_file(env, capsys, "--method", "ompq", name="ompq.json")
+    assert ompq.settings.method == "ompq" and ompq.orm.shape == (3, 3) and ompq.settings.num_samples == 32
+    by_option, _, _ = plan_file(env, capsys, "--beta", "0.1", name="beta.json")  # an OMPQ option: OMPQ
+    assert by_option.settings.method == "ompq"
+    np.testing.assert_array_equal(by_option.orm, ompq.orm)
+    other, _, _ = plan_file(env, capsys, "--method", "output_error", name="oe.json")
+    assert other.settings.method == "output_error"
+    err = error_of(env, capsys, extra=["--method", "output_error", "--beta", "2", "--quiet"])
+    assert "beta" in err
 
 
 # --------------------------------------------------------------------------- report

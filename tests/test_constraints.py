@@ -129,19 +129,23 @@ def latency_table(model):
     return {n: {b: 0.1 * (i % 5 + 1) * b + 0.01 for b in range(1, 17)} for i, n in enumerate(names)}
 
 
-def test_latency_as_a_budget_object_is_the_latency_keywords(model_and_data):
+# Each method's latency budget is one its unconstrained plan exceeds (OMPQ's: 26.16, verified's: 18.56).
+@pytest.mark.parametrize("method, limit", [("ompq", 20.0), ("verified", 16.0)])
+def test_latency_as_a_budget_object_is_the_latency_keywords(model_and_data, method, limit):
     model, x = model_and_data
     table = latency_table(model)
-    by_keywords = ompq_ext.plan(model, [x], "4bits", bits=[2, 4, 8], latency_table=table, latency_budget=20.0,
-                                progress=False)
-    by_object = ompq_ext.plan(model, [x], ["4bits", LatencyConstraint(table, 20.0)], bits=[2, 4, 8], progress=False)
+    by_keywords = ompq_ext.plan(model, [x], "4bits", bits=[2, 4, 8], latency_table=table, latency_budget=limit,
+                                method=method, progress=False)
+    by_object = ompq_ext.plan(model, [x], ["4bits", LatencyConstraint(table, limit)], bits=[2, 4, 8],
+                              method=method, progress=False)
+    assert by_object.settings.method == by_keywords.settings.method == method
     assert by_object.bits == by_keywords.bits
     assert by_object.budgets == by_keywords.budgets
     latency = math.fsum(table[x.name][x.bits] for x in by_object.layers)
-    assert by_object.totals.latency == latency <= 20.0
-    unconstrained = ompq_ext.plan(model, [x], "4bits", bits=[2, 4, 8], progress=False)
-    assert math.fsum(table[x.name][x.bits] for x in unconstrained.layers) > 20.0  # the budget binds
-    assert by_object.budgets[1].kind == "latency" and by_object.budgets[1].limit == 20.0
+    assert by_object.totals.latency == latency <= limit
+    unconstrained = ompq_ext.plan(model, [x], "4bits", bits=[2, 4, 8], method=method, progress=False)
+    assert math.fsum(table[x.name][x.bits] for x in unconstrained.layers) > limit  # the budget binds
+    assert by_object.budgets[1].kind == "latency" and by_object.budgets[1].limit == limit
 
 
 def test_a_new_kind_in_plan(model_and_data):

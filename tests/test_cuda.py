@@ -205,9 +205,9 @@ def test_plan_on_a_gpu_model_matches_the_cpu_and_leaves_it_there():
     torch.manual_seed(0)
     model = resnet1d(width=16).eval()
     x = torch.randn(48, 1, 40)
-    cpu_plan = ompq_ext.plan(model, [x], "3bits", progress=False)
+    cpu_plan = ompq_ext.plan(model, [x], "3bits", method="ompq", progress=False)  # OMPQ: its ORM is compared
     model_gpu = model.cuda()
-    gpu_plan = ompq_ext.plan(model_gpu, [x.cuda()], "3bits", progress=False)
+    gpu_plan = ompq_ext.plan(model_gpu, [x.cuda()], "3bits", method="ompq", progress=False)
     assert all(p.device.type == "cuda" for p in model_gpu.parameters())
     assert np.max(np.abs(gpu_plan.orm - cpu_plan.orm)) < 1e-5
     assert gpu_plan.bits == cpu_plan.bits

@@ -22,6 +22,8 @@ def test_demo_compares_uniform_and_ompq_at_equal_size(tmp_path):
         assert ompq.totals["size_bits"] <= uniform.totals["size_bits"]  # never more than uniform's size
         assert ompq.solver["status"] == "OPTIMAL"
         assert 0.0 <= acc_u <= 1.0 and 0.0 <= acc_o <= 1.0
+        assert ompq.settings.method == "verified"  # plan()'s default
+        assert acc_o >= acc_u, budget  # the default's plan is never below uniform precision here
     assert acc_u > 0.9  # uniform 4-bit weights keep the model working: the quantized path is real
     assert any("FP32" in line for line in lines)
 
@@ -29,4 +31,4 @@ def test_demo_compares_uniform_and_ompq_at_equal_size(tmp_path):
 def test_demo_command():
     out = subprocess.run([sys.executable, "-m", "ompq_ext.cli", "demo"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "uniform" in out.stdout and "OMPQ" in out.stdout and "4bits" in out.stdout
+    assert "uniform" in out.stdout and "verified" in out.stdout and "4bits" in out.stdout

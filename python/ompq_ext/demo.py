@@ -1,6 +1,6 @@
 """``ompq-ext demo``: the embedded default. A 1-D ResNet trained by this project
 on MNIST-1D (python/ompq_ext/assets, built by scripts/make_demo_assets.py) is
-planned at two budgets from 32 unlabeled calibration signals, quantized
+planned at two budgets by plan()'s default method from its unlabeled calibration signals, quantized
 (weights per output channel at the planned bits, activations at 8 bits), and
 compared with FP32 and with uniform precision at the same size. No network and
 no training are needed.
@@ -14,7 +14,6 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .allocators.ompq import DEFAULT_BETA
 from .models import resnet1d
 from .plan import plan
 from .quant.api import quant_report, quantize
@@ -39,33 +38,40 @@ def accuracy(model, x, y) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def run(budget_bits=BUDGET_BITS, method: str = "rtn", num_samples: int = 32, plot: str | None = None,
-        beta: float = DEFAULT_BETA, bits=None, out=print):
-    """Plan, quantize and evaluate; returns one row per budget:
-    (budget, uniform plan, OMPQ plan, uniform accuracy, OMPQ accuracy)."""
+def run(budget_bits=BUDGET_BITS, method: str = "rtn", num_samples: int | None = None, plot: str | None = None,
+        beta: float | None = None, bits=None, planner: str | None = None, out=print):
+    """Plan (with ``planner``, plan()'s method; its default where None), quantize and evaluate; returns one
+    row per budget: (budget, uniform plan, mixed plan, uniform accuracy, mixed accuracy)."""
     torch.manual_seed(0)
     start = time.perf_counter()
     model, calib, test_x, test_y = load_demo()
     fp32 = accuracy(model, test_x, test_y)
     out(f"MNIST-1D 1-D ResNet, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"FP32 test accuracy {fp32:.2%} on {len(test_y)} signals.")
-    out(f"Weights per output channel ({'plain rounding' if method == 'rtn' else method}), activations 8 bits; "
-        f"OMPQ (beta {beta:g}{', bits ' + ','.join(map(str, bits)) if bits else ''}) plans from {num_samples} unlabeled signals, calibration on {len(calib)}.\n")
-    out(f"{'budget':<8} {'size':>9}  {'uniform':>8}  {'OMPQ':>8}   OMPQ bits per layer, input to output")
-    rows = []
+    rows, lines = [], []
     for b in budget_bits:
         budget = f"{b}bits"
-        uniform = plan(model, [calib], budget, bits=[b], num_samples=num_samples, progress=False)
-        ompq = plan(model, [calib], budget, num_samples=num_samples, beta=beta, bits=bits, progress=False)
+        uniform = plan(model, [calib], budget, bits=[b], method="ompq", num_samples=num_samples, progress=False)
+        ompq = plan(model, [calib], budget, method=planner, num_samples=num_samples, beta=beta, bits=bits,
+                    progress=False)
         acc = []
         for p in (uniform, ompq):
             qmodel = quantize(model, p, calib=[calib], method=method, progress=False)
             acc.append(accuracy(qmodel, test_x, test_y))
         size = quant_report(qmodel)["size_bytes"] / 1024
-        out(f"{budget:<8} {size:>6.1f} KiB  {acc[0]:>8.2%}  {acc[1]:>8.2%}   "
-            + " ".join(str(x.bits) for x in ompq.layers))
+        lines.append(f"{budget:<8} {size:>6.1f} KiB  {acc[0]:>8.2%}  {acc[1]:>10.2%}   "
+                     + " ".join(str(x.bits) for x in ompq.layers)
+                     + (f"   (won: {ompq.settings['chosen']})" if ompq.settings.method == "verified" else ""))
         rows.append((budget, uniform, ompq, acc[0], acc[1]))
-    out(f"\nFP32 {fp32:.2%}. Same size for uniform and OMPQ at each budget (planned weights at the budget's "
+    name, s = ompq.settings.method, ompq.settings
+    detail = f", beta {s['beta']:g}" if name == "ompq" else ""
+    out(f"Weights per output channel ({'plain rounding' if method == 'rtn' else method}), activations 8 bits; "
+        f"plan(method={name!r}{detail}{', bits ' + ','.join(map(str, bits)) if bits else ''}) from "
+        f"{s.num_samples} unlabeled signals ({s.cost['forward_passes']} forward passes), calibration on {len(calib)}.\n")
+    out(f"{'budget':<8} {'size':>9}  {'uniform':>8}  {name:>10}   {name} bits per layer, input to output")
+    for line in lines:
+        out(line)
+    out(f"\nFP32 {fp32:.2%}. Same size for uniform and {name} at each budget (planned weights at the budget's "
         f"average bits). {time.perf_counter() - start:.1f} s in all.")
     if plot:
         _plot(rows, plot, out)

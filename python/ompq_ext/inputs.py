@@ -139,10 +139,12 @@ def batch_call(batch, input_fn=None) -> tuple[tuple, dict]:
 
 
 def gather_samples(loader, num_samples: int, input_fn=None, *, loader_name: str = "loader",
-                   count_name: str = "num_samples", min_samples: int | None = None) -> tuple[tuple, dict]:
+                   count_name: str = "num_samples", min_samples: int | None = None,
+                   warn: bool = True) -> tuple[tuple, dict]:
     """Draw batches until ``num_samples`` samples are in hand and join them into one model call
     (args, kwargs) of exactly that many samples. With ``min_samples``, ``num_samples`` is an upper
-    bound: a loader that runs out after at least ``min_samples`` gives all it has, with a warning.
+    bound: a loader that runs out after at least ``min_samples`` gives all it has, with a warning
+    (``warn=False``: silently, where ``num_samples`` is a default the caller did not choose).
     ``loader_name`` / ``count_name``: how the caller calls these arguments, for the messages."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
         raise OmpqValueError(f"{count_name} must be an integer >= 2, got {num_samples!r}")
@@ -175,8 +177,9 @@ def gather_samples(loader, num_samples: int, input_fn=None, *, loader_name: str 
                 f"the {loader_name} yielded only {have} samples but {count_name}={num_samples}{at_least}; "
                 f"give more data or lower {count_name}"
             )
-        warnings.warn(f"the {loader_name} yielded {have} samples, fewer than {count_name}={num_samples}: "
-                      f"all {have} are used", stacklevel=3)
+        if warn:
+            warnings.warn(f"the {loader_name} yielded {have} samples, fewer than {count_name}={num_samples}: "
+                          f"all {have} are used", stacklevel=3)
         num_samples = have
     args, kwargs = join_samples([c[0] for c in calls], sizes), join_samples([c[1] for c in calls], sizes)
     return select_samples(args, slice(0, num_samples), have), select_samples(kwargs, slice(0, num_samples), have)

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from torch import nn
 
 from .allocators import ALLOCATORS, OMPQ, Allocator, Scores, ScoringInput
-from .allocators.ompq import DEFAULT_BETA, DEFAULT_OBJECTIVE
 from .errors import FeatureError, OmpqTypeError, OmpqValueError, check_choice
 from .features import BN_MODES, observe
 from .inputs import gather_samples, sample_count
@@ -25,12 +24,16 @@ from .problem import check_options, build_problem, solve_problem
 from .record import BudgetRecord, GroupPlan, LayerPlan, ModelInfo, Plan, Settings, SolverRecord, Totals
 
 
+# Chosen by the allocation-quality study (docs/QUALITY.md, "Defaults, and why").
+DEFAULT_METHOD = "verified"
+
+
 def plan(
     model: nn.Module,
     loader,
     budget,
     *,
-    method: str | Allocator = "ompq",
+    method: str | Allocator | None = None,
     bits=None,
     act_bits: int = 8,
     fixed_bits: dict | None = None,
@@ -39,12 +42,12 @@ def plan(
     layer_types=(),
     include_embeddings: bool = False,
     ties=(),
-    num_samples: int = 32,
+    num_samples: int | None = None,
     input_fn=None,
-    beta: float = DEFAULT_BETA,
-    objective: str = DEFAULT_OBJECTIVE,
-    feature_point: str = "output",
-    estimator: str = "biased",
+    beta: float | None = None,
+    objective: str | None = None,
+    feature_point: str | None = None,
+    estimator: str | None = None,
     bn_mode: str = "eval",
     latency_table: dict | None = None,
     latency_budget: float | None = None,
@@ -57,8 +60,15 @@ def plan(
     budget: "4.5MiB", "5MB", "3.5bits", "75GBOPs", a fraction of the FP32 size
         such as 0.15, bytes as an int, or a list of one size and one BOPs budget; a
         ``Constraint`` object (``ompq_ext.constraints``) is taken as it is.
-    method: "ompq" (the default), or an ``Allocator`` instance (``ompq_ext.allocators``, e.g.
-        ``GivenScores(values=...)`` for a sensitivity table of your own).
+    method: how the layers are scored (docs/QUALITY.md compares them; ``plan.settings.cost`` says
+        what each needed): "verified" (the default: candidate plans from "output_error", its
+        relative form and "ompq", and uniform precision where it fits, each solved exactly; the one
+        whose quantized weights move the outputs on the samples least from FP32 wins; 1 + 1 + k
+        forward passes), "ompq" (the paper's orthogonality, one pass; the method when one of its
+        settings below is given), "output_error" (each bit-width's layer-output error, one pass),
+        "kl" (the output divergence with one weight quantized, a forward per weight and bit-width),
+        or an ``Allocator`` instance (``ompq_ext.allocators``: ``HessianTrace(loss_fn)``, the
+        methods above with settings, ``GivenScores(values=...)`` for a table of your own).
     bits: the bit-widths to choose from. None (the default): every integer within one
         bit of the budget's average bits per planned weight, inside 2..8 (e.g.
         "3bits" -> 2, 3, 4); pass range(2, 9) for the widest search.
@@ -69,7 +79,8 @@ def plan(
         quantized per row, their lookups read them quantized).
     num_samples: inputs drawn from ``loader`` (tensors, (input, target) tuples
         or dicts; input_fn turns anything else into model inputs); an upper bound: a loader with
-        fewer (at least the method's minimum, 4 for OMPQ) gives all it has, with a warning.
+        fewer (at least the method's minimum, 4 for OMPQ) gives all it has, with a warning where
+        num_samples was given. None (the default): the method's own, 128 for "verified", 32 for the others.
     beta (default 0.1), objective ("layer", the default: theta_i alone | "suffix_mean", the
         reference code's mean over layer i and every later layer), feature_point ("output": each
         layer's own output | "activation": the output of the first activation module that runs
@@ -84,6 +95,8 @@ def plan(
     start, timing = time.perf_counter(), {}
     allocator = _allocator(method, beta=beta, objective=objective, feature_point=feature_point,
                            estimator=estimator, num_threads=num_threads)
+    asked = num_samples is not None
+    num_samples = num_samples if asked else allocator.default_samples
     allocator.check(num_samples)
     check_choice("bn_mode", bn_mode, BN_MODES)  # before the loader is drawn from
     layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types, optional=True,
@@ -91,7 +104,7 @@ def plan(
     options = check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
                             latency_table=latency_table, latency_budget=latency_budget)
     with _stage(timing, "data"):
-        samples = gather_samples(loader, num_samples, input_fn, min_samples=allocator.min_samples)
+        samples = gather_samples(loader, num_samples, input_fn, min_samples=allocator.min_samples, warn=asked)
         num_samples = sample_count(samples)  # fewer than asked where the loader ran out (with a warning)
     with _stage(timing, "features"):
         collectors = allocator.collectors(layers, num_samples)
@@ -150,10 +163,14 @@ def _planned_layers(layers, seen, feature_point):
     return planned, skipped
 
 
-def _allocator(method, **ompq_options) -> Allocator:
-    """The allocator ``method`` names (OMPQ's settings go to OMPQ), or ``method`` itself."""
+def _allocator(method, num_threads: int = 0, **ompq_options) -> Allocator:
+    """The allocator ``method`` names (OMPQ's settings, those not None, go to OMPQ), or ``method`` itself;
+    no method: the default, or OMPQ where one of its settings is given."""
+    given = {k: v for k, v in ompq_options.items() if v is not None}
+    if method is None:
+        method = "ompq" if given else DEFAULT_METHOD
     if isinstance(method, str) and method == "ompq":
-        return OMPQ(**ompq_options)
+        return OMPQ(**given, num_threads=num_threads)
     if isinstance(method, Allocator):
         if not isinstance(method.name, str) or not method.name or method.name == "ompq" and not isinstance(method, OMPQ):
             raise OmpqValueError(f"{type(method).__name__}.name must be a name of its own for the plan's record, "
@@ -168,8 +185,7 @@ def _allocator(method, **ompq_options) -> Allocator:
         allocator = ALLOCATORS[method]()
         what = (f"method={method!r}; pass method=ompq_ext.allocators.{type(allocator).__name__}(...) to configure "
                 f"that one")
-    defaults = dict(beta=DEFAULT_BETA, objective=DEFAULT_OBJECTIVE, feature_point="output", estimator="biased")
-    changed = [k for k, v in defaults.items() if ompq_options[k] != v]
+    changed = [k for k, v in ompq_options.items() if v is not None]
     if changed:
         raise OmpqValueError(f"{', '.join(changed)} set OMPQ's allocator, but {what}")
     return allocator

@@ -219,13 +219,29 @@ class Plan:
             f"{s.solve_time_s * 1e3:.1f} ms",
             "time      " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.timing.items()),
         ]
-        if self.settings.method != "ompq":
-            rows.append(f"method    {self.settings.method}")
+        rows.append(f"method    {self._method_line()}")
         if any(x.fixed for x in self.layers):
             rows.append("* fixed bits")
         if self.skipped:
             rows.append(f"not planned (never ran in the forward pass, kept at 32 bits): {', '.join(self.skipped)}")
         return "\n".join(rows)
+
+    def _method_line(self) -> str:
+        """The method, what it needed, and for "verified" which candidate won and the divergences."""
+        st, cost = self.settings, self.settings.cost
+        line = f"{st.method} from {st.num_samples} samples"
+        if cost:
+            needs = [f"{cost['forward_passes']} forward pass{'es' if cost['forward_passes'] != 1 else ''}"]
+            if cost.get("backward_passes"):
+                needs.append(f"{cost['backward_passes']} backward")
+            if cost.get("labels"):
+                needs.append("labels")
+            line += " (" + ", ".join(needs) + ")"
+        ms = st.method_settings
+        if isinstance(ms.get("divergences"), dict) and ms.get("chosen"):
+            line += (f"; won: {ms['chosen']}; {ms.get('divergence', 'divergence')} from FP32: "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in ms["divergences"].items()))
+        return line
 
     def __repr__(self):
         t = self.totals

@@ -42,7 +42,7 @@ def main(out=Path(__file__).with_name("golden_plans.json")):
         options = dict(options)
         if "latency" in options:
             options.update(latency_table=latency_table(model), latency_budget=options.pop("latency"))
-        p = plan(model, [calib], budget, progress=False, **options)
+        p = plan(model, [calib], budget, method="ompq", progress=False, **options)
         golden[name] = {"bits": p.bits, "gamma": {x.name: x.gamma for x in p.layers},
                         "size_bits": p.totals["size_bits"], "bops": p.totals["bops"], "objective": p.solver["objective"]}
     out.write_text(json.dumps(golden, indent=1) + "\n")

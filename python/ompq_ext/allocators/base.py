@@ -70,6 +70,7 @@ class Allocator(ABC):
     """Turns a model and its planning samples into scores for the exact solver."""
 
     name: str = ""  # recorded as the plan's method
+    default_samples: int = 32  # plan()'s num_samples when the caller gives none
     min_samples: int = 2  # planning proceeds from this many samples when the loader has fewer than asked
     feature_point: str = "output"  # which tensor the collectors get: each layer's "output" or the next "activation"'s
 

@@ -1,6 +1,6 @@
 """How far the model's outputs on the planning samples move from FP32 when some planned weights are
-replaced by their quantized values -- one forward pass per evaluation, through
-``torch.func.functional_call``, so the model itself is never written to.
+replaced by their quantized values -- one forward pass per evaluation, the replacements in place for
+that forward only.
 
 The output compared is the model's tensor output, or from a dict/dataclass output the first of
 ``logits``, ``sentence_embedding``, ``pooler_output``, ``last_hidden_state`` (else its first tensor);
@@ -16,12 +16,12 @@ dimension being the one compared):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from ..errors import OmpqTypeError, OmpqValueError, check_choice
 from ..guard import untouched
@@ -56,6 +56,8 @@ def _output_tensor(output, output_fn) -> tuple[torch.Tensor, str]:
 
 
 def _divergence(kind: str, out: torch.Tensor, ref: torch.Tensor) -> float:
+    # float64: at high bit-widths the divergence is below float32's resolution of the terms it cancels
+    out, ref = out.double(), ref.double()
     if kind == "kl":
         rows = ref.shape[-1]
         p, q = F.log_softmax(ref.reshape(-1, rows), -1), F.log_softmax(out.reshape(-1, rows), -1)
@@ -66,50 +68,66 @@ def _divergence(kind: str, out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).square().mean() / ref.square().mean().clamp_min(1e-30))
 
 
-def parameter_paths(model: nn.Module, layers: list[Layer]) -> list[str]:
-    """Each planned weight's name in ``model.named_parameters()``/``named_buffers()`` (for functional_call)."""
-    path_of = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        path_of.setdefault(id(t), name)
-    paths = []
-    for layer in layers:
-        path = path_of.get(id(layer.weight))
-        if path is None:
-            raise OmpqValueError(f"layer {layer.name!r}: its weight is computed (e.g. a parametrization), not a "
-                                 f"parameter or buffer of the model, so its quantized values cannot be swapped in "
-                                 f"for this method; exclude it or use method='ompq' or 'output_error'")
-        paths.append(path)
-    return paths
+def weight_owners(model: nn.Module, layers: list[Layer]) -> list[list[tuple[nn.Module, str, str]]]:
+    """For each planned weight, every (module, "_parameters" or "_buffers", name) that holds it: a module
+    registered under two names once, a weight tied across modules (an embedding and its output layer)
+    at each. Empty for a weight computed at each call (a parametrization)."""
+    holders: dict[int, list] = {}
+    for module in {id(m): m for m in model.modules()}.values():
+        for store in ("_parameters", "_buffers"):
+            for name, t in getattr(module, store).items():
+                if t is not None:
+                    holders.setdefault(id(t), []).append((module, store, name))
+    return [holders.get(id(layer.weight), []) for layer in layers]
 
 
 class OutputDivergence:
     """``__call__({i: weight})``: the divergence of the model's outputs, with ``layers[i]``'s weight replaced,
-    from its FP32 outputs (computed once here). ``forward_passes`` counts every forward run."""
+    from its FP32 outputs (computed once here). ``forward_passes`` counts every forward run.
+
+    The replacements are put where the model holds each weight for one forward and the originals put back
+    after it, also when it raises (torch.func.functional_call put a replacement back in place of the
+    original where a module is registered under two names). A weight computed at each call (a
+    parametrization) cannot be replaced: ``strict`` refuses it, otherwise it stays FP32 with a warning.
+    """
 
     def __init__(self, model: nn.Module, samples: tuple, layers: list[Layer], *, divergence: str = "auto",
-                 output_fn: Callable | None = None):
+                 output_fn: Callable | None = None, strict: bool = True):
         check_divergence(divergence, output_fn)
         self.model, self.samples, self.output_fn = model, samples, output_fn
-        self.paths = parameter_paths(model, layers)
+        self.owners = weight_owners(model, layers)
+        computed = [x.name for x, o in zip(layers, self.owners) if not o]
+        if computed and strict:
+            raise OmpqValueError(f"layer {computed[0]!r}: its weight is computed (e.g. a parametrization), not a "
+                                 f"parameter or buffer of the model, so its quantized values cannot be swapped in "
+                                 f"for this method; exclude it or use method='ompq' or 'output_error'")
+        if computed:
+            warnings.warn(f"{len(computed)} planned weight(s) are computed at each call (e.g. a parametrization) and "
+                          f"stay FP32 when the candidate plans are compared: {', '.join(computed[:8])}", stacklevel=4)
         self.like = [layer.weight for layer in layers]  # dtype and device of what a replacement stands for
         self.forward_passes = 0
         self.reference, key = self._outputs({})
         self.kind = divergence if divergence != "auto" else "cosine" if key in _EMBEDDING_KEYS else "kl"
 
     @torch.no_grad()
-    def _outputs(self, replaced: dict[str, torch.Tensor]):
+    def _outputs(self, weights: dict[int, torch.Tensor]):
         args, kwargs = self.samples
         self.forward_passes += 1
+        swapped = []
         with untouched(self.model):
-            self.model.eval()
-            if replaced:
-                output = functional_call(self.model, replaced, tuple(args), dict(kwargs), strict=False)
-            else:
+            try:
+                for i, w in weights.items():
+                    w = w.to(dtype=self.like[i].dtype, device=self.like[i].device)
+                    for module, store, name in self.owners[i]:
+                        swapped.append((module, store, name, getattr(module, store)[name]))
+                        getattr(module, store)[name] = w
+                self.model.eval()
                 output = call_model(self.model, args, kwargs, samples="the planning")
+            finally:
+                for module, store, name, original in reversed(swapped):
+                    getattr(module, store)[name] = original
         return _output_tensor(output, self.output_fn)
 
     def __call__(self, weights: dict[int, torch.Tensor]) -> float:
-        replaced = {self.paths[i]: w.to(dtype=self.like[i].dtype, device=self.like[i].device)
-                    for i, w in weights.items()}
-        out, _ = self._outputs(replaced)
+        out, _ = self._outputs(weights)
         return _divergence(self.kind, out, self.reference)

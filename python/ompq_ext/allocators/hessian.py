@@ -34,6 +34,9 @@ def hutchinson_traces(model, loss_fn: Callable, weights: list[torch.Tensor], pro
     with lent(model):
         model.eval()
         for w in unique:
+            if not w.is_leaf:
+                raise OmpqValueError("a planned weight is computed from other tensors (e.g. a parametrization), "
+                                     "so its Hessian cannot be taken; exclude it or use another method")
             w.requires_grad_(True)
         with sdpa_kernel(SDPBackend.MATH):  # Hessian-vector products need double backward (math attention)
             loss = loss_fn(model)
@@ -61,36 +64,48 @@ class HessianTrace(Allocator):
 
     loss_fn: model -> scalar loss (e.g. cross-entropy of ``model(x)`` against labels y).
     probes: Rademacher probes for Hutchinson's estimator. weight_scale: the recipe's weight scales.
+    traces: {layer name: trace} measured before (an earlier plan's ``.traces``, e.g. at another
+    budget): used as they are instead of estimating them again.
     """
 
     name = "hessian"
     min_samples = 1
 
     def __init__(self, loss_fn: Callable | None = None, *, probes: int = 32, seed: int = 0,
-                 weight_scale: str = "mse"):
-        if loss_fn is None:
+                 weight_scale: str = "mse", traces: dict[str, float] | None = None):
+        if loss_fn is None and traces is None:
             raise OmpqValueError("method 'hessian' needs a loss: pass method=ompq_ext.allocators.HessianTrace("
                                  "loss_fn=lambda model: F.cross_entropy(model(x), y))")
-        if not callable(loss_fn):
+        if loss_fn is not None and not callable(loss_fn):
             raise OmpqTypeError(f"loss_fn must be a function of the model, got {type(loss_fn).__name__}")
         if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
             raise OmpqValueError(f"probes must be a positive integer, got {probes!r}")
         check_weight_scale(weight_scale)
         self.loss_fn, self.probes, self.seed, self.weight_scale = loss_fn, probes, seed, weight_scale
+        self.given = dict(traces) if traces is not None else None
         self.traces: dict[str, float] = {}  # the last scoring's estimates, by layer name
 
     def scores(self, data: ScoringInput) -> Scores:
-        traces = hutchinson_traces(data.model, self.loss_fn, [x.weight for x in data.layers], self.probes,
-                                   self.seed, data.progress)
-        self.traces = {x.name: float(t) for x, t in zip(data.layers, traces)}
+        if self.given is not None:
+            missing = [x.name for x in data.layers if x.name not in self.given]
+            if missing:
+                raise OmpqValueError(f"traces lack the planned layer(s) {', '.join(map(repr, missing[:8]))}")
+            self.traces = {x.name: float(self.given[x.name]) for x in data.layers}
+        else:
+            traces = hutchinson_traces(data.model, self.loss_fn, [x.weight for x in data.layers], self.probes,
+                                       self.seed, data.progress)
+            self.traces = {x.name: float(t) for x, t in zip(data.layers, traces)}
         weights = QuantizedWeights(data.layers, data.channel_axes, self.weight_scale)
         values = {}
         for k, layer in enumerate(data.layers):
             per_weight = max(self.traces[layer.name], 0.0) / layer.weight.numel()
             values[layer.name] = {b: -per_weight * float(weights.delta(k, b).double().square().sum())
                                   for b in data.allowed[layer.name]}
+        if self.given is not None:
+            return Scores(values=values)
         return Scores(values=values, cost={"forward_passes": 1, "backward_passes": 1 + self.probes,
                                            "labels": True, "gradients": True})
 
     def settings(self) -> dict:
-        return {"probes": self.probes, "seed": self.seed, "weight_scale": self.weight_scale}
+        return {"probes": self.probes, "seed": self.seed, "weight_scale": self.weight_scale,
+                "traces_given": self.given is not None}

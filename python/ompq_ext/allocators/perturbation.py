@@ -1,7 +1,7 @@
 """The weight perturbation a bit-width causes: Q_b(W) - W with the recipe's own weight quantizer
 (symmetric, per output channel along the weight's channel axis, MSE-searched scales, as
-``quantize()`` does), computed once per planned weight and bit-width and shared by the allocators
-that measure it."""
+``quantize()`` does), its scales searched once per planned weight and bit-width and shared by the
+allocators that measure it."""
 
 from __future__ import annotations
 
@@ -18,21 +18,21 @@ def check_weight_scale(method: str) -> None:
 
 
 class QuantizedWeights:
-    """``quantized(i, b)`` = Q_b(W_i) and ``delta(i, b)`` = Q_b(W_i) - W_i for ``layers[i]``, cached;
-    the float weights are copied once, so nothing the model does later changes them."""
+    """``quantized(i, b)`` = Q_b(W_i) and ``delta(i, b)`` = Q_b(W_i) - W_i for ``layers[i]``. Only the
+    per-channel scales are cached (the search is the costly part; a model's quantized copies at every
+    bit-width would take several times its size): each call quantizes afresh. The float weights are read
+    as float32 (a copy only where the model's are in another dtype); planning never writes them."""
 
     def __init__(self, layers: list[Layer], channel_axes: list[int], method: str = "mse"):
         self.layers, self.axes, self.method = layers, channel_axes, method
-        self.float = [layer.weight.detach().float().clone() for layer in layers]
-        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.float = [layer.weight.detach().float() for layer in layers]
+        self._scales: dict[tuple[int, int], torch.Tensor] = {}
 
     def quantized(self, i: int, bits: int) -> torch.Tensor:
         key = (i, bits)
-        if key not in self._cache:
-            w, axis = self.float[i], self.axes[i]
-            scale = weight_scale(w, bits, self.method, axis)
-            self._cache[key] = fake_quantize(w, scale, bits=bits, axis=axis)
-        return self._cache[key]
+        if key not in self._scales:
+            self._scales[key] = weight_scale(self.float[i], bits, self.method, self.axes[i])
+        return fake_quantize(self.float[i], self._scales[key], bits=bits, axis=self.axes[i])
 
     def delta(self, i: int, bits: int) -> torch.Tensor:
         return self.quantized(i, bits) - self.float[i]

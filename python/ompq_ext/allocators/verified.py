@@ -50,6 +50,9 @@ class Verified(Allocator):
     """
 
     name = "verified"
+    # The divergences of the candidates are heavy-tailed over samples: on 32 they picked uniform precision
+    # over a plan 8 points more accurate on test data (Fashion-MNIST), on 128 the test ranking (docs/QUALITY.md).
+    default_samples = 128
 
     def __init__(self, candidates=None, *, uniform: bool = True, divergence: str = "auto", output_fn=None,
                  weight_scale: str = "mse"):
@@ -104,7 +107,7 @@ class Verified(Allocator):
         if data.solve is None:
             raise OmpqValueError("the verified allocator compares solved plans: it runs inside plan()")
         compare = OutputDivergence(data.model, data.samples, data.layers, divergence=self.divergence,
-                                   output_fn=self.output_fn)
+                                   output_fn=self.output_fn, strict=False)
         self._kind = compare.kind
         proposals, cost = self._proposals(data)
         weights = QuantizedWeights(data.layers, data.channel_axes, self.weight_scale)
