@@ -64,6 +64,7 @@ class ScoringInput:
     # allocators that compare candidate plans)
     solve: Callable[[Scores], dict[str, int]] | None = None
     progress: object = None  # plan()'s progress argument, for allocators with long work of their own
+    shared: dict = field(default_factory=dict)  # work that allocators of one plan() call share (quantized weights)
 
 
 class Allocator(ABC):
@@ -81,6 +82,11 @@ class Allocator(ABC):
         """Objects with ``add(i, features, source)`` and ``finish()``, fed by the feature pass with the
         features of ``layers[i]``; none by default."""
         return []
+
+    def collector_key(self):
+        """Allocators with equal keys collect the same thing: one set of collectors serves them (as when
+        several are candidates of one plan); None: never shared."""
+        return None
 
     @abstractmethod
     def scores(self, data: ScoringInput) -> Scores:

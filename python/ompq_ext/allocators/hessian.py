@@ -95,7 +95,7 @@ class HessianTrace(Allocator):
             traces = hutchinson_traces(data.model, self.loss_fn, [x.weight for x in data.layers], self.probes,
                                        self.seed, data.progress)
             self.traces = {x.name: float(t) for x, t in zip(data.layers, traces)}
-        weights = QuantizedWeights(data.layers, data.channel_axes, self.weight_scale)
+        weights = QuantizedWeights.shared(data, self.weight_scale)
         values = {}
         for k, layer in enumerate(data.layers):
             per_weight = max(self.traces[layer.name], 0.0) / layer.weight.numel()

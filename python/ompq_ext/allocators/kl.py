@@ -34,7 +34,7 @@ class KLTable(Allocator):
         compare = OutputDivergence(data.model, data.samples, data.layers, divergence=self.divergence,
                                    output_fn=self.output_fn)
         self._resolved = compare.kind
-        weights = QuantizedWeights(data.layers, data.channel_axes, self.weight_scale)
+        weights = QuantizedWeights.shared(data, self.weight_scale)
         values = {}
         free = sum(len(data.allowed[x.name]) for x in data.layers if len(data.allowed[x.name]) > 1)
         with progress_bar(free, "kl: one weight quantized at a time", "forward", data.progress) as bar:

@@ -42,9 +42,11 @@ class InputRows:
         self.energy = [0.0] * num_layers
         self._generator = torch.Generator().manual_seed(seed)
         self._rows = {}  # (id(input), geometry) -> (weakref to the input, rows, scale): q, k, v share one sample
+        self._tables = {}  # (layer, scale method) -> (signal, {bits: error}): candidates of one plan share them
 
     def add(self, i: int, features: torch.Tensor, source: str = ""):
-        self.energy[i] += float(features.double().square().sum()) / self.n
+        for f in features:  # sample by sample: a float64 copy of a whole early layer's output is hundreds of MB
+            self.energy[i] += float(f.square().sum(dtype=torch.float64)) / self.n
 
     def add_use(self, i: int, op):
         geometry = None if op.conv is None else repr(sorted(op.conv.items()))
@@ -58,6 +60,25 @@ class InputRows:
 
     def finish(self):
         self._rows.clear()
+
+    def table(self, i: int, k: int, weights: QuantizedWeights, bits) -> tuple[float, dict[int, float]]:
+        """(signal, {b: error}) of planned weight ``k`` (layer ``i`` of the pass): the output energy and the
+        output error at each bit-width, from the rows; without rows, the relative weight error times
+        the output energy."""
+        key = (i, weights.method)
+        signal, errors = self._tables.get(key, (None, {}))
+        w = weights.float[k]
+        if signal is None:
+            signal = self.error(i, w) if self.uses[i] else self.energy[i]
+        for b in bits:
+            if b not in errors:
+                if self.uses[i]:
+                    errors[b] = self.error(i, weights.delta(k, b))
+                else:
+                    norm = float(w.double().square().sum()) or 1.0
+                    errors[b] = signal * float(weights.delta(k, b).double().square().sum()) / norm
+        self._tables[key] = (signal, errors)
+        return signal, {b: errors[b] for b in bits}
 
     def error(self, i: int, delta: torch.Tensor) -> float:
         """(1/N) sum over weight i's uses of ||delta x||^2 over every row (estimated from the sample)."""
@@ -89,20 +110,15 @@ class OutputError(Allocator):
     def collectors(self, layers, num_samples):
         return [InputRows(len(layers), num_samples, self.max_rows, self.seed)]
 
+    def collector_key(self):
+        return ("input rows", self.max_rows, self.seed)
+
     def scores(self, data: ScoringInput) -> Scores:
         rows = next(c for c in data.collectors if isinstance(c, InputRows))
-        weights = QuantizedWeights(data.layers, data.channel_axes, self.weight_scale)
+        weights = QuantizedWeights.shared(data, self.weight_scale)
         values = {}
         for k, (i, layer) in enumerate(zip(data.indices, data.layers)):
-            w = weights.float[k]
-            if rows.uses[i]:
-                signal = rows.error(i, w)
-                errors = {b: rows.error(i, weights.delta(k, b)) for b in data.allowed[layer.name]}
-            else:  # no rows: the relative weight error times the output energy
-                signal = rows.energy[i]
-                norm = float(w.double().square().sum()) or 1.0
-                errors = {b: signal * float(weights.delta(k, b).double().square().sum()) / norm
-                          for b in data.allowed[layer.name]}
+            signal, errors = rows.table(i, k, weights, data.allowed[layer.name])
             scale = 1.0 / signal if self.normalize == "output" and signal > 0 else 1.0
             values[layer.name] = {b: -e * scale for b, e in errors.items()}
         return Scores(values=values)

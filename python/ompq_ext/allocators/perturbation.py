@@ -28,6 +28,14 @@ class QuantizedWeights:
         self.float = [layer.weight.detach().float() for layer in layers]
         self._scales: dict[tuple[int, int], torch.Tensor] = {}
 
+    @classmethod
+    def shared(cls, data, method: str) -> "QuantizedWeights":
+        """The one instance of a plan() call's scoring for ``method`` (candidates share the scale search)."""
+        key = ("quantized weights", method)
+        if key not in data.shared:
+            data.shared[key] = cls(data.layers, data.channel_axes, method)
+        return data.shared[key]
+
     def quantized(self, i: int, bits: int) -> torch.Tensor:
         key = (i, bits)
         if key not in self._scales:

@@ -79,11 +79,17 @@ class Verified(Allocator):
             c.check(num_samples)
 
     def collectors(self, layers, num_samples):
-        out, self._slices = [], []
+        out, self._slices, seen = [], [], {}
         for c in self.candidates:
+            key = c.collector_key()
+            if key is not None and key in seen:  # e.g. both output_error forms read the same input rows
+                self._slices.append(seen[key])
+                continue
             own = c.collectors(layers, num_samples)
             self._slices.append(slice(len(out), len(out) + len(own)))
             out += own
+            if key is not None:
+                seen[key] = self._slices[-1]
         return out
 
     def _proposals(self, data: ScoringInput) -> tuple[list[tuple[str, dict[str, int]]], dict]:
@@ -110,7 +116,7 @@ class Verified(Allocator):
                                    output_fn=self.output_fn, strict=False)
         self._kind = compare.kind
         proposals, cost = self._proposals(data)
-        weights = QuantizedWeights(data.layers, data.channel_axes, self.weight_scale)
+        weights = QuantizedWeights.shared(data, self.weight_scale)
         measured: dict[tuple, float] = {}
         self.results = []
         with progress_bar(len(proposals), "verified: candidate plans", "forward", data.progress) as bar:
