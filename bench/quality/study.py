@@ -148,6 +148,9 @@ def run_instance(task: al.Task, args, log) -> list[dict]:
                      score=task.info["fp32"], avg_bits=32.0))
     ompq_ext.plan(model, task.calib, f"{args.budgets[0]}bits", **kw)  # warm-up (loads the solver)
     hessian: dict = {}
+    if args.samples:
+        task.plan_kwargs = {**task.plan_kwargs, "num_samples": args.samples}
+        kw["num_samples"] = args.samples
     for budget in args.budgets:
         base = ompq_ext.plan(model, task.calib, f"{budget}bits", **kw)
         plans = method_plans(task, budget, base, hessian, args.methods)
@@ -400,6 +403,8 @@ def main(argv=None):
     p.add_argument("--random", type=int, default=10, help="random plans per budget (CNN testbeds)")
     p.add_argument("--probes", type=int, default=32, help="Hutchinson probes for the Hessian traces")
     p.add_argument("--minilm-probes", type=int, default=8, help="the same for MiniLM (about 10 s each)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="planning samples of every method (default: each method's own, 128 for verified, 32 else)")
     p.add_argument("--calib", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quick", action="store_true",
@@ -459,8 +464,10 @@ def main(argv=None):
              f"Code: ompq_ext {ompq_ext.__version__}, {code}  ",
              f"Machine: {machine()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}  ",
              f"Recipe: weights per output channel (MSE scales), activations 8-bit per tensor, plain rounding (RTN); "
-             f"calibration {args.calib} training inputs; every method plans from as many of them as it takes by "
-             f"default ({Verified.default_samples} for verified, {OutputError.default_samples} for the others) at the "
+             f"calibration {args.calib} training inputs; every method plans from "
+             + (f"the first {args.samples} of them" if args.samples else
+                f"as many of them as it takes by default ({Verified.default_samples} for verified, "
+                f"{OutputError.default_samples} for the others)") + " at the "
              f"bit choices of OMPQ's default plan (within one bit of the budget); {args.random} random plans per budget on the CNNs; Hessian traces from {args.probes} "
              f"Hutchinson probes ({args.minilm_probes} for MiniLM); ompq (paper) = "
              f"{', '.join(f'{k} {v}' for k, v in PAPER.items())}.", ""]
