@@ -789,3 +789,17 @@ def test_verified_plans_a_model_with_computed_weights_leaving_them_fp32_in_the_c
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(ompq_ext.OmpqError, match="computed"):
         ompq_ext.plan(model, [x], "3bits", method="kl", progress=False)
+
+
+def test_verified_adds_up_what_its_candidates_needed():
+    """A candidate that needs labels and gradients (the Hessian) makes the plan record them, its passes added
+    to verified's own: the feature pass, the FP32 reference and one forward per distinct candidate plan."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    x = torch.randn(32, 12)
+    y = torch.randint(0, 5, (32,))
+    method = Verified([HessianTrace(lambda m: F.cross_entropy(m(x), y), probes=2), OMPQ()], uniform=False)
+    p = ompq_ext.plan(model, [x], "3bits", method=method, progress=False)
+    distinct = len(set(p.settings.method_settings["divergences"].values()))
+    assert p.settings.cost == {"forward_passes": 1 + 1 + 1 + distinct, "backward_passes": 3, "labels": True,
+                               "gradients": True}

@@ -98,8 +98,11 @@ class Verified(Allocator):
         for c, part in zip(self.candidates, self._slices):
             scores = c.scores(dataclasses.replace(data, collectors=data.collectors[part]))
             proposals.append((label(c), data.solve(scores)))
-            for k, v in (scores.cost or {}).items():
-                cost[k] = cost[k] + v if isinstance(v, int) and not isinstance(v, bool) else cost[k] or v
+            for k, v in (scores.cost or {}).items():  # passes add up; needs (labels, gradients) are any one's
+                if isinstance(v, bool):
+                    cost[k] = cost.get(k, False) or v
+                elif isinstance(v, int):
+                    cost[k] = cost.get(k, 0) + v
         if self.uniform:
             names = [x.name for x in data.layers]
             for b in sorted(data.bits, reverse=True):  # the highest b that every free layer can take
