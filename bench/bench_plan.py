@@ -39,7 +39,7 @@ def test_forward(benchmark, resnet_batch):
 @pytest.mark.benchmark(group="resnet18-224px-N32")
 def test_plan(benchmark, resnet_batch):
     model, x = resnet_batch
-    plan = benchmark.pedantic(lambda: ompq_ext.plan(model, [x], "4.5MiB", progress=False), rounds=5,
+    plan = benchmark.pedantic(lambda: ompq_ext.plan(model, [x], "4.5MiB", method="ompq", progress=False), rounds=5,
                               warmup_rounds=1)
     benchmark.extra_info.update({k: round(v, 4) for k, v in plan.timing.items()})
     assert plan.totals["size_bytes"] <= 4.5 * 2**20

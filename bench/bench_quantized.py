@@ -21,7 +21,7 @@ def vit():
     torch.manual_seed(0)
     model = vit_b_16().eval()
     x = torch.randn(8, 3, 224, 224)
-    plan = ompq_ext.plan(model, [x], "4bits", progress=False)
+    plan = ompq_ext.plan(model, [x], "4bits", method="ompq", progress=False)
     quantized = {
         "weights": ompq_ext.quantize(model, plan, act_bits=0, progress=False),
         "weights+inputs": ompq_ext.quantize(model, plan, [x], num_calib=8, progress=False),

@@ -137,7 +137,7 @@ def plan_rows(repeats):
     stages = []
 
     def plan():
-        stages.append(ompq_ext.plan(model, [x], "16MiB", num_samples=64, progress=False).timing)
+        stages.append(ompq_ext.plan(model, [x], "16MiB", num_samples=64, method="ompq", progress=False).timing)
 
     times = interleaved_medians({"forward": forward, "plan": plan}, max(3, repeats // 4))
     stages = stages[1:]  # without the warm-up call

@@ -157,7 +157,7 @@ def run_testbed(name, seeds, args, quantize, quant_report, log):
             plans = {}
             t = time.perf_counter()
             plans["uniform"] = ompq_ext.plan(model, calib, f"{b}bits", bits=[b], num_samples=args.num_samples,
-                                             progress=False)
+                                             method="ompq", progress=False)
             plan_s_uniform = time.perf_counter() - t
             plan_s = {"uniform": plan_s_uniform}
             same_as_flat = {"uniform": None}
@@ -166,7 +166,8 @@ def run_testbed(name, seeds, args, quantize, quant_report, log):
                 if "bits" in opts and (min(opts["bits"]) >= b or max(opts["bits"]) <= b):
                     continue  # only uniform b bits fits: nothing to compare
                 t = time.perf_counter()
-                p = ompq_ext.plan(model, calib, f"{b}bits", num_samples=args.num_samples, progress=False, **opts)
+                p = ompq_ext.plan(model, calib, f"{b}bits", num_samples=args.num_samples, method="ompq", progress=False,
+                                  **opts)
                 seconds = time.perf_counter() - t
                 choices = p.settings["bits"]
                 if min(choices) >= b or max(choices) <= b:
@@ -176,7 +177,7 @@ def run_testbed(name, seeds, args, quantize, quant_report, log):
                     continue  # the same settings as an earlier variant
                 plans[alloc], plan_s[alloc] = p, seconds
                 # Control: the same plan with every importance equal (beta -> 0), i.e. parameter counts only.
-                flat = ompq_ext.plan(model, calib, f"{b}bits", num_samples=args.num_samples, progress=False,
+                flat = ompq_ext.plan(model, calib, f"{b}bits", num_samples=args.num_samples, method="ompq", progress=False,
                                      **{**opts, "bits": p.settings["bits"], "beta": 1e-9})
                 same_as_flat[alloc] = flat.bits == p.bits
                 if (name == args.show_plan[0] and seed == seeds[0] and str(b) == args.show_plan[1]

@@ -51,7 +51,7 @@ def main(argv=None):
     x, y = mnist1d_train()
     print(f"FP32 test accuracy: {accuracy(model, test_x, test_y):.2%}")
 
-    uniform = plan(model, [calib], f"{args.bits}bits", bits=[args.bits], progress=False)
+    uniform = plan(model, [calib], f"{args.bits}bits", bits=[args.bits], method="ompq", progress=False)
     qmodel = quantize(model, uniform, calib=calib, act_bits=8, method=args.start, progress=False)
     before = accuracy(qmodel, test_x, test_y)
     print(f"W{args.bits}A8, {args.start}: {before:.2%}")
