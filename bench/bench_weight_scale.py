@@ -10,7 +10,6 @@ The minmax scales (no search) are the floor.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
@@ -21,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved_medians, machine  # noqa: E402
 
 from ompq_ext.models import resnet18  # noqa: E402
-from ompq_ext.quant.scales import _MSE_GRID, weight_scale  # noqa: E402
-from ompq_ext.quant.ops import fake_quantize, quant_range  # noqa: E402
+from ompq_ext.quant.scales import _mse_search_torch, weight_scale  # noqa: E402
+from ompq_ext.quant.ops import quant_range  # noqa: E402
 
 BITS = (2, 4, 8)
 
@@ -33,15 +32,7 @@ def old_weight_scale(weight, bits, axis=0):
     flat = weight.detach().float().movedim(axis, 0)
     flat = flat.reshape(flat.shape[0], -1)
     base = flat.abs().amax(dim=1).clamp_min(1e-12) / qmax
-    best_err = torch.full((flat.shape[0],), math.inf, device=flat.device)
-    best = base.clone()
-    for ratio in _MSE_GRID:
-        s = base * ratio
-        err = (fake_quantize(flat, s, bits=bits, axis=0) - flat).square().sum(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better, s, best)
-    return best
+    return _mse_search_torch(flat, base, bits)  # the same loop, kept in the library for CUDA weights
 
 
 def resnet18_weights():

@@ -185,9 +185,8 @@ def _allocator(method, num_threads: int = 0, **ompq_options) -> Allocator:
         allocator = ALLOCATORS[method]()
         what = (f"method={method!r}; pass method=ompq_ext.allocators.{type(allocator).__name__}(...) to configure "
                 f"that one")
-    changed = [k for k, v in ompq_options.items() if v is not None]
-    if changed:
-        raise OmpqValueError(f"{', '.join(changed)} set OMPQ's allocator, but {what}")
+    if given:
+        raise OmpqValueError(f"{', '.join(given)} set OMPQ's allocator, but {what}")
     return allocator
 
 

@@ -27,17 +27,12 @@ def default_candidates() -> list[Allocator]:
 
 def label(allocator: Allocator) -> str:
     """A candidate's name with the settings that tell it apart, e.g. ``output_error(normalize=output)``."""
-    defaults = type(allocator)().settings() if _constructible(allocator) else {}
+    try:
+        defaults = type(allocator)().settings()
+    except Exception:  # an allocator whose constructor needs arguments: its settings are shown as they are
+        defaults = {}
     changed = {k: v for k, v in allocator.settings().items() if defaults.get(k, v) != v}
     return allocator.name + ("(" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "")
-
-
-def _constructible(allocator) -> bool:
-    try:
-        type(allocator)()
-    except Exception:  # an allocator whose constructor needs arguments: its settings are shown as they are
-        return False
-    return True
 
 
 class Verified(Allocator):
