@@ -803,3 +803,35 @@ def test_verified_adds_up_what_its_candidates_needed():
     distinct = len(set(p.settings.method_settings["divergences"].values()))
     assert p.settings.cost == {"forward_passes": 1 + 1 + 1 + distinct, "backward_passes": 3, "labels": True,
                                "gradients": True}
+
+
+def test_output_error_keeps_the_rows_an_op_saw_when_the_model_later_changes_them_in_place():
+    """A Linear whose few rows are kept whole: they are a copy, not a view of an input the model scales in place
+    after the op (before the fix the table was 100^2 times too large)."""
+
+    class ScalesAfter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.fc(x))
+            y = self.head(h)
+            h.mul_(100.0)
+            return y
+
+    class Kept(OutputError):
+        def scores(self, data):
+            self.kept = super().scores(data)
+            return self.kept
+
+    torch.manual_seed(0)
+    model, x = ScalesAfter().eval(), torch.randn(16, 8)
+    method = Kept()
+    ompq_ext.plan(model, [x], "4bits", method=method, num_samples=16, progress=False)
+    with torch.no_grad():
+        h = torch.relu(model.fc(x))
+    w = model.head.weight.detach()
+    for b, value in method.kept.values["head"].items():
+        delta = fake_quantize(w, weight_scale(w, b, "mse", 0), bits=b, axis=0) - w
+        assert value == pytest.approx(-float(F.linear(h, delta).double().square().sum()) / 16, rel=1e-5), b

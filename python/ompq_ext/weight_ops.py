@@ -108,8 +108,8 @@ class OpInput:
         if self.conv is None:
             flat = self.x.reshape(-1, self.x.shape[-1])
             total = flat.shape[0]
-            if total > k:
-                flat = flat[torch.randperm(total, generator=generator)[:k].to(flat.device)]
+            # a copy either way: the model may change its input in place after the op (kept rows would follow)
+            flat = flat[torch.randperm(total, generator=generator)[:k].to(flat.device)] if total > k else flat.clone()
             return flat.unsqueeze(1), total / flat.shape[0]
         return self._patches(k, generator)
 
