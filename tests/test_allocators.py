@@ -49,7 +49,7 @@ def test_ompq_weights_handed_back_reproduce_the_ompq_plan(small):
 
 def brute_force_values(plan, values):
     """The best summed value over every plan of the same layers that keeps the size budget."""
-    limit = plan.budgets[0].limit - 32 * plan.totals.other_params
+    limit = plan.budgets[0].limit - 32 * plan.totals.other_params - plan.totals.scale_bits
     names, params = plan.layer_names, [l.params for l in plan.layers]
     best = None
     for bits in itertools.product(plan.settings.bits, repeat=len(names)):
@@ -103,7 +103,7 @@ def test_a_new_allocator_is_one_class():
     # The exact optimum of sum (k + 1) * bits_k under the budget, over all 2**16 plans.
     plans = np.array(list(itertools.product((2, 4), repeat=len(p.layers))))
     params = np.array([l.params for l in p.layers])
-    ok = plans @ params <= p.budgets[0].limit - 32 * p.totals.other_params
+    ok = plans @ params <= p.budgets[0].limit - 32 * p.totals.other_params - p.totals.scale_bits
     best = (plans[ok] @ np.arange(1, len(p.layers) + 1)).max()
     assert sum((k + 1) * l.bits for k, l in enumerate(p.layers)) == best
 

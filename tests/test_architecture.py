@@ -16,10 +16,10 @@ COMPILED = {"_core"}  # extension modules, built next to the sources
 LAYERS = [
     {"errors", "_version", "_core", "models"},
     {"cuda_kernels", "progress", "guard", "inputs", "layers", "weight_ops", "plan_file", "constraints"},
-    {"orthogonality", "features", "budget", "solver", "quant.ops", "quant.op_inputs"},
+    {"orthogonality", "features", "budget", "solver", "quant.ops", "quant.op_inputs", "quant.padding"},
     {"record", "quant.scales"},
     {"allocators", "quant.modules"},
-    {"problem", "quant", "quant.configs", "quant.reconstruct", "quant.qat"},
+    {"problem", "quant", "quant.configs", "quant.reconstruct", "quant.gptq", "quant.qat"},
     {"plan", "quant.api"},
     {"demo"},
     {"cli"},

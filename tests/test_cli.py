@@ -29,6 +29,7 @@ NAMES = ["0", "2", "4"]
 PARAMS = {"0": IN * 12, "2": 12 * 8, "4": 8 * OUT}
 PLANNED = sum(PARAMS.values())  # 320
 OTHER = 12 + 8 + OUT  # biases: 24
+SCALES = 16 * (12 + 8 + OUT + 3)  # float16 scales: one per output channel, one per layer input
 _counter = itertools.count()
 
 FACTORY = textwrap.dedent(
@@ -114,8 +115,8 @@ def plan_file(env, capsys, *extra, data="x.pt", budget="3bits", name="plan.json"
 
 def check_sizes(p: Plan):
     """The totals agree with a hand computation from the bits."""
-    size = sum(PARAMS[n] * b for n, b in p.bits.items()) + 32 * OTHER
-    assert p.totals["size_bits"] == size
+    size = sum(PARAMS[n] * b for n, b in p.bits.items()) + 32 * OTHER + SCALES
+    assert p.totals["size_bits"] == size and p.totals["scale_bits"] == SCALES
     assert p.totals["planned_params"] == PLANNED and p.totals["other_params"] == OTHER
     return size
 
@@ -136,7 +137,7 @@ def test_plan_writes_loadable_plan_within_budget(env, capsys):
     p.check_model(env.module().make())
 
 
-@pytest.mark.parametrize("budget, limit", [("3bits", 3 * PLANNED + 32 * OTHER), ("0.15", int(0.15 * 32 * 344)),
+@pytest.mark.parametrize("budget, limit", [("3bits", 3 * PLANNED + 32 * OTHER + SCALES), ("0.2", int(0.2 * 32 * 344)),
                                            ("0.00025MiB", int(0.00025 * 2**20 * 8))])
 def test_plan_other_budget_units(env, capsys, budget, limit):
     p, _, _ = plan_file(env, capsys, budget=budget)
@@ -232,6 +233,17 @@ def test_model_as_module_object(env, capsys):
     ref, _, _ = plan_file(env, capsys, "--method", "ompq", name="ref.json")  # factory with the same seed
     assert ref.orm is not None
     np.testing.assert_array_equal(Plan.load(out_path).orm, ref.orm)
+
+
+def test_group_size_and_scale_bits(env, capsys):
+    p, out, _ = plan_file(env, capsys, "--group-size", "4", budget="4bits", name="groups.json")
+    assert p.settings["group_size"] == 4 and p.settings["scale_bits"] == 16
+    groups = sum(PARAMS.values()) // 4  # every layer's input count is a multiple of 4
+    assert p.totals["scale_bits"] == 16 * (groups + 3)
+    assert p.totals["size_bits"] == sum(PARAMS[n] * b for n, b in p.bits.items()) + 32 * OTHER + 16 * (groups + 3)
+    paper, _, _ = plan_file(env, capsys, "--scale-bits", "0", budget="3bits", name="paper.json")
+    assert paper.totals["scale_bits"] == 0 and paper.settings["scale_bits"] == 0
+    assert paper.totals["size_bits"] == sum(PARAMS[n] * b for n, b in paper.bits.items()) + 32 * OTHER
 
 
 def test_fixed_is_honoured(env, capsys):
@@ -421,7 +433,7 @@ def test_two_size_budgets(env, capsys):
 
 def test_infeasible_budget(env, capsys):
     err = error_of(env, capsys, budget="10B", extra=["--quiet"])
-    assert "smallest achievable size" in err and "1408 bits" in err  # 2 bits x 320 + 32 x 24
+    assert "smallest achievable size" in err and "1840 bits" in err  # 2 bits x 320 + 32 x 24 + 432 (scales)
 
 
 def test_error_after_the_progress_display_ends_stderr(env, capsys):

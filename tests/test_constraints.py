@@ -214,7 +214,8 @@ def test_a_size_constraint_is_recorded_in_bytes_like_a_size_budget(model_and_dat
     model, x = model_and_data
     by_text = ompq_ext.plan(model, [x], "3bits", progress=False)
     limit = by_text.budgets[0].limit
-    by_object = ompq_ext.plan(model, [x], SizeConstraint(limit, other_bits=32 * by_text.totals.other_params),
+    fixed = 32 * by_text.totals.other_params + by_text.totals.scale_bits
+    by_object = ompq_ext.plan(model, [x], SizeConstraint(limit, other_bits=fixed),
                               progress=False)
     assert by_object.bits == by_text.bits
     assert by_object.budgets[0].kind == "size" and float(Fraction(by_object.budgets[0].value)) == limit / 8

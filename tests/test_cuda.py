@@ -305,3 +305,18 @@ def test_fake_quant_bindings_check_arguments_before_any_kernel():
     assert _core.fake_quant_backward_workspace_bytes(1, 4, 10000) == 4 * 2 * 2 * 8
     # channels last, 40000 x 3: rows of 1023 columns (341 periods), 118 rows in 2 tiles of 64 rows
     assert _core.fake_quant_backward_workspace_bytes(40000, 3, 1) == 2 * 1023 * 2 * 8
+
+
+@gpu
+@pytest.mark.parametrize("shape, axis, group_size", [((6, 20), 0, 8), ((5, 3, 3, 3), 0, 4), ((2, 9, 2, 2), 1, 3),
+                                                     ((64, 300), 0, 128)])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_group_wise_fake_quant_matches_the_cpu(shape, axis, group_size, bits):
+    from ompq_ext.quant.ops import fake_quantize
+    from ompq_ext.quant.scales import weight_scale
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(bits)) * 2
+    scale = weight_scale(x, bits, "mse", axis, group_size)
+    want = fake_quantize(x, scale, bits=bits, axis=axis, group_size=group_size)
+    got = fake_quantize(x.cuda(), scale.cuda(), bits=bits, axis=axis, group_size=group_size)
+    assert torch.equal(got.cpu(), want)

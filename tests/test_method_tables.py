@@ -26,6 +26,7 @@ from ompq_ext.quant.modules import quantized_weights
 from ompq_ext.quant.ops import fake_quantize
 from ompq_ext.quant.scales import weight_scale
 from ompq_ext.weight_ops import module_input
+from quant_helpers import scale_bits_of
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -666,7 +667,7 @@ def test_every_method_keeps_a_size_and_a_bops_budget(method):
     m = METHODS[method](x)
     p = ompq_ext.plan(model, [x], "3bits", bits=(2, 3, 4), method=m, num_samples=16, progress=False)
     limit = p.budgets[0].limit
-    size = sum(l.params * l.bits for l in p.layers) + 32 * p.totals.other_params
+    size = sum(l.params * l.bits for l in p.layers) + 32 * p.totals.other_params + scale_bits_of(model, p)
     assert p.totals.size_bits == size <= limit and p.totals.avg_bits <= 3
     assert p.totals.avg_bits > 2  # the budget is used
     assert p.settings.method == (method.split("(")[0])

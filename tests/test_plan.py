@@ -107,7 +107,8 @@ def test_size_budget_counts_every_parameter():
     plan = ompq_ext.plan(model, [x], "0.2", progress=False)  # 20 % of the FP32 size
     total = sum(p.numel() for p in model.parameters())
     weights = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
-    size_bits = sum(layer.params * layer.bits for layer in plan.layers) + 32 * (total - weights)
+    scales = 16 * (32 + 16 + 4 + 3)  # float16 scales: one per output channel, one per layer input
+    size_bits = sum(layer.params * layer.bits for layer in plan.layers) + 32 * (total - weights) + scales
     assert plan.totals["size_bits"] == size_bits
     assert size_bits <= math.floor(0.2 * 32 * total)
     assert plan.totals["fp32_size_bytes"] == 4 * total

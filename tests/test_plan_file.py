@@ -74,10 +74,11 @@ def test_plan_is_sane(made, model):
     assert bits["4"] == bits["6"]  # the tie
     planned = sum(PARAMS.values())
     other = sum(p.numel() for p in model.parameters()) - planned
-    size_bits = sum(PARAMS[n] * b for n, b in bits.items()) + 32 * other
-    assert made.totals["size_bits"] == size_bits
+    scales = 16 * (24 + 16 + 16 + 4 + 4)  # float16 scales: one per output channel, one per layer input
+    size_bits = sum(PARAMS[n] * b for n, b in bits.items()) + 32 * other + scales
+    assert made.totals["size_bits"] == size_bits and made.totals["scale_bits"] == scales
     assert made.totals["planned_params"] == planned and made.totals["other_params"] == other
-    assert size_bits <= 3 * planned + 32 * other  # within the 3-bit budget
+    assert size_bits <= 3 * planned + 32 * other + scales  # within the 3-bit budget
     assert made.orm.shape == (4, 4)
     assert made.solver["status"] == "OPTIMAL"
 
@@ -487,7 +488,7 @@ def test_records_are_typed_and_read_like_dicts(made):
     assert made.solver.status == made.solver["status"] == "OPTIMAL"
     assert made.settings.bits == made.settings["bits"] and made.settings.method_settings["beta"] == 0.1
     assert made.groups[0].name == made.groups[0]["name"] and made.model["class"] == made.model.class_name
-    assert made.budgets[0].limit == 3 * sum(PARAMS.values()) + 32 * made.totals.other_params
+    assert made.budgets[0].limit == 3 * sum(PARAMS.values()) + 32 * made.totals.other_params + 16 * 64
     with pytest.raises(KeyError):
         made.totals["no such total"]
 

@@ -74,7 +74,7 @@ def plan_and_check(model, batch, expected_names, *, input_fn=None, budget="4bits
     assert sorted(x.name for x in quantized_weights(q)) == sorted(expected_names)
     assert_weights_on_grid(q, batch_call(batch, input_fn))
     report = ompq_ext.quant_report(q)
-    assert report["plan_size_bits"] == p.totals.size_bits
+    assert report["size_bits"] == p.totals.size_bits
     assert report["bops"] == p.totals.bops  # every planned weight's inputs are quantized at the plan's bits
     return p, q
 
@@ -340,7 +340,7 @@ def test_embeddings_are_planned_on_request():
     assert p.totals.avg_bits <= 4
     q = ompq_ext.quantize(model, p, [{"input_ids": ids}], num_calib=16, progress=False)
     assert_weights_on_grid(q, ((), {"input_ids": ids}))
-    assert ompq_ext.quant_report(q)["plan_size_bits"] == p.totals.size_bits
+    assert ompq_ext.quant_report(q)["size_bits"] == p.totals.size_bits
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "resnet18"])

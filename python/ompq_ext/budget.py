@@ -8,10 +8,13 @@ Units
   capitalised prefix with a lowercase ``b`` ("Mb", "Kib") could mean bits or
   bytes and is refused. Model size counts every parameter:
   planned weights at their bits, everything else (biases, norms, layers left
-  out of the plan) at 32 bits. Buffers are not counted.
+  out of the plan) at 32 bits, and the quantizers' scales (``plan(scale_bits=)``,
+  16 bits each by default: one per output channel or group, one per quantized
+  input). Buffers are not counted.
 - average bits: ``3.5bits`` -- mean bits per weight over the planned
-  layers (fixed-bit layers included); the other parameters stay at 32 bits and
-  do not enter the average.
+  layers (fixed-bit layers included), the size of the model with every planned
+  weight at that many bits: the other parameters at 32 bits and the scales are
+  added (GPTQ's "4-bit, group 128" is ``4bits`` with ``group_size=128``).
 - fraction: a bare number in (0, 1] such as ``0.15`` -- that fraction of the
   model's FP32 size.
 - BOPs: ``BOPs``, ``KBOPs``, ``MBOPs``, ``GBOPs``, ``TBOPs`` -- per input sample,
@@ -61,13 +64,14 @@ class Budget:
             return f"{v:g} of the FP32 size"
         return f"{v / 1e9:.4f} GBOPs per sample"
 
-    def size_limit_bits(self, *, planned_params: int, other_params: int) -> int | None:
-        """The model-size limit in bits this budget implies, or None for a BOPs budget."""
+    def size_limit_bits(self, *, planned_params: int, other_params: int, scale_bits: int = 0) -> int | None:
+        """The model-size limit in bits this budget implies, or None for a BOPs budget; ``scale_bits``:
+        what the quantizers' scales take, on top of an average-bits budget's weights."""
         other_bits = 32 * other_params
         if self.kind == "size":
             return math.floor(self.value * 8)
         if self.kind == "avg_bits":
-            return math.floor(self.value * planned_params) + other_bits
+            return math.floor(self.value * planned_params) + other_bits + scale_bits
         if self.kind == "fraction":
             return math.floor(self.value * 32 * (planned_params + other_params))
         return None
@@ -75,12 +79,13 @@ class Budget:
     def bops_limit(self) -> int | None:
         return math.floor(self.value) if self.kind == "bops" else None
 
-    def constraint(self, *, planned_params: int, other_params: int) -> Constraint:
-        """The solver's constraint for this budget (other parameters count 32 bits in a size)."""
+    def constraint(self, *, planned_params: int, other_params: int, scale_bits: int = 0) -> Constraint:
+        """The solver's constraint for this budget (other parameters count 32 bits in a size, and the
+        scales ``scale_bits``)."""
         if self.kind == "bops":
             return BopsConstraint(self.bops_limit())
-        size = self.size_limit_bits(planned_params=planned_params, other_params=other_params)
-        return SizeConstraint(size, other_bits=32 * other_params)
+        size = self.size_limit_bits(planned_params=planned_params, other_params=other_params, scale_bits=scale_bits)
+        return SizeConstraint(size, other_bits=32 * other_params + scale_bits)
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "value": str(self.value), "text": self.text}

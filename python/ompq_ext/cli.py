@@ -153,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=_bits_arg, default=None,
                    help="choices, e.g. 2-8 or 2,4,8 (default: within one bit of the budget, as plan())")
     p.add_argument("--act-bits", type=int, default=8, help="activation bits for BOPs (default 8)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="weights quantized per group of this many input columns (default: per output channel)")
+    p.add_argument("--scale-bits", type=int, choices=(0, 16, 32), default=16,
+                   help="bits of one stored scale in the size (default 16; 0: weights only, the paper's count)")
     p.add_argument("--fixed", type=_fixed_arg, action="append", default=[], metavar="NAME=BITS",
                    help="fix a layer's bits (NAME may be a glob); repeatable")
     p.add_argument("--include", action="append", help="plan only layers matching this glob; repeatable")
@@ -176,8 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("plan", help="plan JSON file")
 
     d = sub.add_parser("demo", help="plan, quantize and evaluate the bundled MNIST-1D model (no network needed)")
-    d.add_argument("--method", choices=["rtn", "adaround", "brecq"], default="rtn",
-                   help="weight rounding: plain (rtn, default) or a reconstruction (slower)")
+    d.add_argument("--method", choices=["rtn", "gptq", "adaround", "brecq"], default="rtn",
+                   help="weight rounding: plain (rtn, default), gptq, or a learned reconstruction (slower)")
     d.add_argument("--plot", help="save a bar chart of the bits per layer here (needs matplotlib)")
     d.add_argument("--planner", choices=CLI_METHODS, default=None,
                    help=f"plan()'s method (default {DEFAULT_METHOD}; ompq with --beta)")
@@ -192,7 +196,8 @@ def _cmd_plan(args) -> int:
     data = load_data(args.data, args.data_key)
     result = plan(
         model, data, args.budget if len(args.budget) > 1 else args.budget[0],
-        method=args.method, bits=args.bits, act_bits=args.act_bits, fixed_bits=dict(args.fixed), include=args.include,
+        method=args.method, bits=args.bits, act_bits=args.act_bits, group_size=args.group_size,
+        scale_bits=args.scale_bits, fixed_bits=dict(args.fixed), include=args.include,
         exclude=args.exclude, include_embeddings=args.include_embeddings, num_samples=args.num_samples, beta=args.beta, objective=args.objective,
         feature_point=args.feature_point, estimator=args.estimator, bn_mode=args.bn_mode,
         time_limit_s=args.time_limit,

@@ -207,6 +207,15 @@ def weight_owner(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:
     return None
 
 
+def scale_count(weight: torch.Tensor, channel_axis: int, group_size: int | None) -> int:
+    """How many scales a weight quantized per output channel (along ``channel_axis``) has, or per group
+    of ``group_size`` consecutive weights of a channel (the last group of a channel possibly shorter)."""
+    channels = weight.shape[channel_axis]
+    if group_size is None:
+        return channels
+    return channels * -(-(weight.numel() // channels) // group_size)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Every parameter of the model, each shared tensor once (buffers are not counted)."""
     return sum(p.numel() for p in model.parameters())

@@ -20,7 +20,8 @@ from .errors import FeatureError, OmpqTypeError, OmpqValueError, check_choice
 from .features import BN_MODES, observe
 from .inputs import gather_samples, sample_count
 from .layers import find_layers
-from .problem import check_options, build_problem, solve_problem
+from .problem import build_problem, check_options, scale_overhead, solve_problem
+from .quant.ops import check_group_size
 from .record import BudgetRecord, GroupPlan, LayerPlan, ModelInfo, Plan, Settings, SolverRecord, Totals
 
 
@@ -36,6 +37,8 @@ def plan(
     method: str | Allocator | None = None,
     bits=None,
     act_bits: int = 8,
+    group_size: int | None = None,
+    scale_bits: int = 16,
     fixed_bits: dict | None = None,
     include=None,
     exclude=None,
@@ -73,6 +76,13 @@ def plan(
         bit of the budget's average bits per planned weight, inside 2..8 (e.g.
         "3bits" -> 2, 3, 4); pass range(2, 9) for the widest search.
     fixed_bits: {name or glob: bits}, e.g. {"conv1": 8, "fc": 8}. act_bits: activation bits for BOPs.
+    group_size: the weights will be quantized per group of this many input columns (one scale each;
+        ``quantize()`` follows the plan's); None: per output channel.
+    scale_bits: the bits of one stored scale, counted in the model's size with the weights: 16
+        (float16, the default) or 32; 0 counts the weights alone (the paper's accounting). Scales are
+        one per output channel or group and one per quantized layer input (not with act_bits=32).
+        A size budget covers them; an average-bits budget ("4bits") is the size of every planned
+        weight at that many bits plus the same scales, so uniform precision always fits it.
     include / exclude / layer_types: which layers are planned (names as glob
         patterns, or module types). ties: lists of layer names that share bits.
     include_embeddings: also plan ``nn.Embedding`` weights (counted in the size budget; no BOPs;
@@ -99,6 +109,10 @@ def plan(
     num_samples = num_samples if asked else allocator.default_samples
     allocator.check(num_samples)
     check_choice("bn_mode", bn_mode, BN_MODES)  # before the loader is drawn from
+    check_group_size(group_size)
+    if scale_bits not in (0, 16, 32) or isinstance(scale_bits, bool):
+        raise OmpqValueError(f"scale_bits must be 16 (float16 scales), 32 (float32) or 0 (weights only), "
+                             f"got {scale_bits!r}")
     layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types, optional=True,
                          embeddings=include_embeddings)
     options = check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
@@ -111,7 +125,10 @@ def plan(
         seen = observe(model, layers, samples, collectors, feature_point=allocator.feature_point,
                        bn_mode=bn_mode, progress=progress)
     planned, skipped = _planned_layers(layers, seen, allocator.feature_point)
-    problem = build_problem(model, planned, {x.name: seen.macs[layers.index(x)] for x in planned}, options, ties)
+    overhead = scale_overhead(planned, [seen.channel_axis[layers.index(x)] for x in planned], group_size=group_size,
+                              act_bits=options.act_bits, scale_bits=scale_bits)
+    problem = build_problem(model, planned, {x.name: seen.macs[layers.index(x)] for x in planned}, options, ties,
+                            scale_bits=overhead)
     with _stage(timing, "scores"):
         indices = [layers.index(x) for x in planned]
         allowed = {n: s.bits for s, g in zip(problem.specs, problem.groups) for n in g.layers}
@@ -129,6 +146,7 @@ def plan(
         allocation = solve_problem(problem, scores, time_limit_s)
     timing["total"] = time.perf_counter() - start
     settings = Settings(method=allocator.name, bits=list(problem.bits), act_bits=options.act_bits,
+                        group_size=group_size, scale_bits=scale_bits,
                         fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
                         ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
                         cost=_method_cost(scores), method_settings=_method_settings(allocator))
@@ -228,7 +246,8 @@ def _record(model, planned, skipped, problem, scores, allocation, settings, timi
     totals = Totals(
         size_bits=size_bits, size_bytes=size_bits / 8, size_mib=size_bits / 8 / 2**20,
         fp32_size_bytes=4 * problem.total_params, fp32_size_mib=4 * problem.total_params / 2**20,
-        avg_bits=(size_bits - 32 * problem.other_params) / problem.planned_params, bops=allocation.bops,
+        avg_bits=(size_bits - problem.fixed_bits) / problem.planned_params, bops=allocation.bops,
+        scale_bits=problem.scale_bits,
         planned_params=problem.planned_params, other_params=problem.other_params, latency=allocation.latency,
     )
     return Plan(

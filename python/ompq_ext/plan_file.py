@@ -3,7 +3,8 @@
 Format ``ompq_ext.plan``, version 1: the top-level fields ``layers``, ``groups``, ``orm``,
 ``totals``, ``budgets``, ``solver``, ``settings``, ``timing``, ``model``, ``skipped``. Fields
 added since the first files (``settings.method``, ``budgets[].limit``, ``layers[].functional``,
-``layers[].channel_axis``) are optional, so every version-1 file written so far still loads. A
+``layers[].channel_axis``, ``totals.scale_bits``, ``settings.group_size`` / ``scale_bits``: absent in
+files written before scales were counted in the size, which read as 0 / None) are optional, so every version-1 file written so far still loads. A
 plan whose method does not measure orthogonality (any method but "ompq") has null ``orm`` and may
 have null ``gamma`` / ``log_theta`` / ``weight``.
 
@@ -78,7 +79,7 @@ class _Reader:
 _TOTALS = {"size_bits": (int, False), "size_bytes": (float, False), "size_mib": (float, False),
            "fp32_size_bytes": (int, False), "fp32_size_mib": (float, False), "avg_bits": (float, False),
            "bops": (int, False), "planned_params": (int, False), "other_params": (int, False),
-           "latency": (float, True)}
+           "latency": (float, True), "scale_bits": (int, True)}
 _SOLVER = {"status": (str, False), "objective": (float, False), "bound": (float, False), "gap": (float, False),
            "solve_time_s": (float, False)}
 

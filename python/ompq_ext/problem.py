@@ -22,7 +22,7 @@ from .allocators import Scores
 from .budget import Budget, parse_budgets
 from .constraints import Constraint, LatencyConstraint
 from .errors import OmpqTypeError, OmpqValueError
-from .layers import Layer, LayerGroup, count_parameters, group_layers
+from .layers import Layer, LayerGroup, count_parameters, group_layers, scale_count
 from .solver import Allocation, GroupSpec, solve
 
 # ---------------------------------------------------------------- options
@@ -105,9 +105,32 @@ class Problem:
     total_params: int
     planned_params: int
     other_params: int
+    scale_bits: int = 0  # what the quantizers' scales take in the model's size
+
+    @property
+    def fixed_bits(self) -> int:
+        """The size the plan cannot change: the other parameters at 32 bits and the scales."""
+        return 32 * self.other_params + self.scale_bits
 
 
-def build_problem(model: nn.Module, planned: list[Layer], macs: dict[str, int], options: Options, ties) -> Problem:
+def scale_overhead(planned: list[Layer], channel_axes: list[int], *, group_size: int | None, act_bits: int,
+                   scale_bits: int) -> int:
+    """The bits of the quantizers' scales: ``scale_bits`` for each weight scale (one per output channel, or
+    per group of ``group_size``; a shared weight once) and for each quantized input (one per planned layer
+    but embeddings, whose inputs are ids; none when activations stay at 32 bits)."""
+    counted, scales = set(), 0
+    for layer, axis in zip(planned, channel_axes):
+        weight = layer.weight
+        if id(weight) not in counted:
+            counted.add(id(weight))
+            scales += scale_count(weight, axis, group_size)
+        if act_bits < 32 and layer.kind != "Embedding":
+            scales += 1
+    return scale_bits * scales
+
+
+def build_problem(model: nn.Module, planned: list[Layer], macs: dict[str, int], options: Options, ties,
+                  scale_bits: int = 0) -> Problem:
     unplanned = sorted(set(options.fixed) - {x.name for x in planned})
     if unplanned:
         warnings.warn(f"fixed_bits names {len(unplanned)} weight(s) that no op used in the forward pass, so they are not "
@@ -127,7 +150,7 @@ def build_problem(model: nn.Module, planned: list[Layer], macs: dict[str, int], 
     constraints, records = [], []
     for item in options.budgets:
         if isinstance(item, Budget):
-            c = item.constraint(planned_params=planned_params, other_params=other_params)
+            c = item.constraint(planned_params=planned_params, other_params=other_params, scale_bits=scale_bits)
             records.append({**item.to_json(), "description": item.describe(), "limit": c.limit})
         else:
             c = item
@@ -139,7 +162,8 @@ def build_problem(model: nn.Module, planned: list[Layer], macs: dict[str, int], 
     bits = options.bits or _bits_around(_free_averages(specs, constraints))
     specs = [s if s.bits else dataclasses.replace(s, bits=bits) for s in specs]
     return Problem(groups=groups, specs=specs, constraints=constraints, budget_records=records, bits=bits,
-                   macs=macs, total_params=total_params, planned_params=planned_params, other_params=other_params)
+                   macs=macs, total_params=total_params, planned_params=planned_params, other_params=other_params,
+                   scale_bits=scale_bits)
 
 
 def _free_averages(specs: list[GroupSpec], constraints: list[Constraint]) -> list[float]:
@@ -180,7 +204,7 @@ def solve_problem(problem: Problem, scores: Scores, time_limit_s: float) -> Allo
                  for s, g in zip(specs, problem.groups)]
     else:
         values = [_group_values(s, g, scores.values) for s, g in zip(specs, problem.groups)]
-    return solve(specs, problem.constraints, values=values, other_bits=32 * problem.other_params,
+    return solve(specs, problem.constraints, values=values, other_bits=problem.fixed_bits,
                  time_limit_s=time_limit_s)
 
 

@@ -106,6 +106,7 @@ class Totals(_Record):
     planned_params: int
     other_params: int
     latency: float | None = None  # when a latency table was given
+    scale_bits: int = 0  # the quantizers' scales, included in size_bits (0 in plans of before they counted)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class SolverRecord(_Record):
     solve_time_s: float
 
 
-_SETTINGS = ("method", "bits", "act_bits", "fixed_bits", "num_samples", "bn_mode", "ties", "time_limit_s", "cost")
+_SETTINGS = ("method", "bits", "act_bits", "group_size", "scale_bits", "fixed_bits", "num_samples", "bn_mode", "ties", "time_limit_s", "cost")
 
 
 @dataclass
@@ -127,6 +128,8 @@ class Settings(_Record):
     method: str = "ompq"
     bits: list[int] = field(default_factory=list)
     act_bits: int = 8
+    group_size: int | None = None  # weights quantized per group of this many input columns; None: per channel
+    scale_bits: int = 0  # bits of one stored scale in the size (0: not counted, as plans before they were)
     fixed_bits: dict[str, int] = field(default_factory=dict)
     num_samples: int | None = None
     bn_mode: str = "eval"
@@ -212,7 +215,10 @@ class Plan:
             f"size      {t.size_mib:.4f} MiB ({t.size_bytes:,.0f} bytes) of {t.fp32_size_mib:.4f} MiB "
             f"in FP32 ({t.size_bytes / t.fp32_size_bytes:.2%})",
             f"weights   {t.avg_bits:.4f} bits on average over {t.planned_params:,} planned weights; "
-            f"{t.other_params:,} other parameters at 32 bits",
+            f"{t.other_params:,} other parameters at 32 bits"
+            + (f"; scales {t.scale_bits / 8:,.0f} bytes ({self.settings.scale_bits}-bit, "
+               f"{'per group of ' + str(self.settings.group_size) if self.settings.group_size else 'per channel'})"
+               if t.scale_bits else ""),
             f"BOPs      {t.bops / 1e9:.4f} G per sample (activations at {self.settings.act_bits} bits)",
             "budgets   " + "; ".join(b.description for b in self.budgets),
             f"solver    {s.status}, objective {s.objective:.6g}, gap {s.gap:.2%}, "

@@ -26,12 +26,14 @@ from ..inputs import call_model, gather_samples
 from ..progress import progress_bar, show_progress
 from ..layers import weight_owner
 from ..record import Plan
-from .configs import CONFIGS, RTNConfig, as_config, make_config
+from .configs import CONFIGS, NUM_CALIB, RTNConfig, as_config, make_config
 from .modules import ActQuantizer, FunctionalWeightQuantizer, QuantLayer, quantized_weights
 from .op_inputs import quantize_op_inputs
+from .padding import padding_mask
 
 METHODS = tuple(CONFIGS)
 RECONSTRUCTION_METHODS = ("adaround", "brecq")
+CALIBRATED_METHODS = ("gptq", *RECONSTRUCTION_METHODS)  # the recipes that need calibration data
 
 
 # ---------------------------------------------------------------- helpers
@@ -66,7 +68,10 @@ def _resolve_act_bits(act_bits, plan) -> int | None:
 
 
 def _gather(calib, num_calib, input_fn):
-    return gather_samples(calib, num_calib, input_fn, loader_name="calib", count_name="num_calib")
+    """At most ``num_calib`` samples (None: NUM_CALIB); fewer if that is all ``calib`` has, with a
+    warning when the caller chose ``num_calib``."""
+    return gather_samples(calib, num_calib or NUM_CALIB, input_fn, loader_name="calib", count_name="num_calib",
+                          min_samples=2, warn=num_calib is not None)
 
 
 # torch's fused transformer kernels read the weights directly and would skip the quantized layers' own calls.
@@ -107,7 +112,8 @@ def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
                     if isinstance(qw.weight_quantizer, FunctionalWeightQuantizer):
                         qw.weight_quantizer.reads = 0
                 qmodel.eval()
-                call_model(qmodel, args, kwargs, samples="the calibration", error=OmpqError)
+                with padding_mask(args, kwargs):
+                    call_model(qmodel, args, kwargs, samples="the calibration", error=OmpqError)
             finally:
                 for qw in weights:
                     qw.input_quantizer.observing = False
@@ -136,8 +142,8 @@ def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
                           f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}", stacklevel=3)
 
 
-def calibrate(qmodel: nn.Module, calib, num_calib: int = 256, *, input_fn=None, progress=None) -> nn.Module:
-    """Calibrate (again) the input quantizers of a quantized model on ``num_calib`` samples of
+def calibrate(qmodel: nn.Module, calib, num_calib: int | None = None, *, input_fn=None, progress=None) -> nn.Module:
+    """Calibrate (again) the input quantizers of a quantized model on at most ``num_calib`` (None: 256) samples of
     ``calib`` (a DataLoader, a list of batches or a tensor; ``input_fn`` turns a batch into model
     inputs), in one forward pass. Earlier statistics are forgotten. Buffers (BatchNorm running
     statistics) and train/eval flags are left as they were. Returns ``qmodel``."""
@@ -163,6 +169,7 @@ def quantize(
     *,
     method: str | None = None,
     weight_scale: str | None = None,
+    group_size: int | None = None,
     act_bits: int | None = None,
     act_calib: str | None = None,
     num_calib: int | None = None,
@@ -196,7 +203,8 @@ def quantize(
     """
     if not isinstance(model, nn.Module):
         raise OmpqTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    keywords = {k: v for k, v in dict(weight_scale=weight_scale, act_bits=act_bits, act_calib=act_calib,
+    keywords = {k: v for k, v in dict(weight_scale=weight_scale, group_size=group_size, act_bits=act_bits,
+                                      act_calib=act_calib,
                                       num_calib=num_calib, **reconstruction_options).items() if v is not None}
     if config is None:
         config = make_config(method or "rtn", **keywords)
@@ -204,24 +212,26 @@ def quantize(
         raise OmpqValueError("give the recipe either as config=... or as keywords (method=, act_bits=, ...), "
                              "not both")
     config = as_config(config)
-    if records is not None and config.method not in RECONSTRUCTION_METHODS:
+    if records is not None and config.method not in CALIBRATED_METHODS:
         raise OmpqValueError(f"records collects what reconstruction did; method={config.method!r} reconstructs "
-                             f"nothing (use 'adaround' or 'brecq')")
+                             f"nothing (use 'gptq', 'adaround' or 'brecq')")
     plan = _as_plan(plan)
     act = _resolve_act_bits(config.act_bits, plan)
+    group_size = config.group_size if config.group_size is not None else plan.settings.group_size
     reconstructing = config.method in RECONSTRUCTION_METHODS
-    if calib is None and (act is not None or reconstructing):
+    calibrated = config.method in CALIBRATED_METHODS
+    if calib is None and (act is not None or calibrated):
         need = "activation calibration" if act is not None else f"method={config.method!r}"
         raise OmpqValueError(
             f"{need} needs calibration data: pass calib= (a DataLoader, a list of batches or a tensor of "
-            f"inputs, {config.num_calib} samples)"
-            + (", or act_bits=0 to quantize the weights only" if act is not None and not reconstructing else "")
+            f"inputs, up to {config.num_calib or NUM_CALIB} samples)"
+            + (", or act_bits=0 to quantize the weights only" if act is not None and not calibrated else "")
         )
     plan.check_model(model)
     if any(layer.name == "" for layer in plan.layers):
         raise OmpqValueError("the plan names the model itself as a layer; wrap the model in a container module")
     show = show_progress(progress)
-    inputs = _gather(calib, config.num_calib, input_fn) if (act is not None or reconstructing) else None
+    inputs = _gather(calib, config.num_calib, input_fn) if (act is not None or calibrated) else None
 
     if inplace:
         fp_model = copy.deepcopy(model) if reconstructing else None
@@ -252,7 +262,7 @@ def quantize(
                                        if act is not None and layer.kind != "Embedding" else None)  # ids stay ids
                     q = FunctionalWeightQuantizer(weight, layer.bits, config.weight_scale, axis=layer.channel_axis,
                                                   name=layer.name, kind=layer.kind, macs=layer.macs,
-                                                  input_quantizer=input_quantizer)
+                                                  input_quantizer=input_quantizer, group_size=group_size)
                 except OmpqError as e:
                     raise type(e)(f"layer {layer.name!r}: {e}") from None
                 shared[id(weight)] = q
@@ -262,7 +272,7 @@ def quantize(
         try:
             ql = QuantLayer(module, layer.bits, act, weight_scale_method=config.weight_scale,
                             act_method=config.act_calib, name=layer.name, macs=layer.macs,
-                            channel_axis=layer.channel_axis)
+                            channel_axis=layer.channel_axis, group_size=group_size)
         except OmpqError as e:
             raise type(e)(f"layer {layer.name!r}: {e}") from None
         wq = shared.setdefault(id(module.weight), ql.weight_quantizer)
@@ -285,16 +295,18 @@ def quantize(
     qmodel.eval()
     if act is not None:
         _calibrate_on(qmodel, *inputs, show)
+    if config.method == "gptq":
+        from .gptq import gptq
+
+        _warn_outside(functional, "gptq")
+        gptq(qmodel, inputs, progress=show, records=records, **config.reconstruction_options())
+        qmodel.eval()
     if reconstructing:
         try:
             from .reconstruct import reconstruct
         except ImportError as e:
             raise OmpqError(f"method={config.method!r} needs ompq_ext.quant.reconstruct, which failed to import: {e}") from e
-        outside = [q.name for _, _, q in functional if isinstance(q, FunctionalWeightQuantizer)]
-        if outside:
-            warnings.warn(f"{config.method}: {len(outside)} weight(s) used outside their module's call are left at "
-                          f"round-to-nearest (reconstruction learns the rounding of wrapped layers): "
-                          f"{', '.join(outside[:8])}{', ...' if len(outside) > 8 else ''}", stacklevel=2)
+        _warn_outside(functional, config.method)
         if wrappers:
             with lent(fp_model):
                 fp_model.eval()
@@ -304,22 +316,31 @@ def quantize(
     return qmodel
 
 
+def _warn_outside(functional, method: str) -> None:
+    outside = [q.name for _, _, q in functional if isinstance(q, FunctionalWeightQuantizer)]
+    if outside:
+        warnings.warn(f"{method}: {len(outside)} weight(s) used outside their module's call are left at "
+                      f"round-to-nearest ({method} rounds the weights of wrapped layers): "
+                      f"{', '.join(outside[:8])}{', ...' if len(outside) > 8 else ''}", stacklevel=3)
+
+
 # ---------------------------------------------------------------- report
 
 
-def quant_report(qmodel: nn.Module) -> dict:
+def quant_report(qmodel: nn.Module, scale_bits: int = 16) -> dict:
     """The real size and BOPs of a quantized model.
 
     Size counts every parameter of the model once (a shared tensor once): the weights of
     quantized layers at their bits, every other parameter (biases, norms, layers left in
     float) at 32 bits, and the quantizers' own parameters (weight scales, one per output
-    channel; activation scales, one per layer) at 32 bits too, since a deployed model
-    needs them. Buffers are not counted.
+    channel or group; activation scales, one per layer) at ``scale_bits`` (16: stored as float16),
+    since a deployed model needs them. Buffers are not counted.
 
-    Keys: ``size_bits`` / ``size_bytes`` / ``size_mib`` (MiB = 2^20 bytes), all of the above;
-    ``quantizer_params`` and ``quantizer_bits`` (32 each), the scales' share;
-    ``plan_size_bits`` = ``size_bits - quantizer_bits``, the plan's convention, which equals
-    ``plan.totals["size_bits"]`` for the model the plan was made from; ``fp32_size_bytes``
+    Keys: ``size_bits`` / ``size_bytes`` / ``size_mib`` (MiB = 2^20 bytes), all of the above, which
+    equals ``plan.totals["size_bits"]`` for the model the plan was made from, quantized at the plan's
+    activation bits and group size and counted with the plan's ``scale_bits``;
+    ``quantizer_params`` and ``quantizer_bits`` (``scale_bits`` each), the scales' share;
+    ``weight_bits``: the size without them; ``fp32_size_bytes``
     (the float model: every parameter but the quantizers' at 32 bits); ``avg_bits`` over the
     quantized weights; ``quantized_params``, ``other_params``; ``bops`` per sample
     = sum over quantized layers of MACs per sample x weight bits x activation bits (32 where a
@@ -329,6 +350,8 @@ def quant_report(qmodel: nn.Module) -> dict:
     """
     if not isinstance(qmodel, nn.Module):
         raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
+    if isinstance(scale_bits, bool) or scale_bits not in (0, 16, 32):
+        raise OmpqValueError(f"scale_bits must be 16 (float16 scales), 32 or 0 (not counted), got {scale_bits!r}")
     qweights = quantized_weights(qmodel)
     if not qweights:
         raise OmpqValueError("the model has no quantized layers; make it with ompq_ext.quantize(model, plan, ...)")
@@ -363,16 +386,17 @@ def quant_report(qmodel: nn.Module) -> dict:
             quantizer += p.numel()
         else:
             other += p.numel()
-    plan_size_bits = quantized_bits + 32 * other
-    size_bits = plan_size_bits + 32 * quantizer
+    weights_and_others = quantized_bits + 32 * other
+    size_bits = weights_and_others + scale_bits * quantizer
     fp32_bytes = 4 * (quantized + other)
     return {
         "size_bits": size_bits,
         "size_bytes": size_bits / 8,
         "size_mib": size_bits / 8 / 2**20,
-        "plan_size_bits": plan_size_bits,
+        "weight_bits": weights_and_others,
         "quantizer_params": quantizer,
-        "quantizer_bits": 32 * quantizer,
+        "quantizer_bits": scale_bits * quantizer,
+        "scale_bits": scale_bits,
         "fp32_size_bytes": fp32_bytes,
         "fp32_size_mib": fp32_bytes / 2**20,
         "compression": fp32_bytes * 8 / size_bits,

@@ -10,25 +10,34 @@ from typing import ClassVar
 
 from ..errors import OmpqTypeError, OmpqValueError, check_choice
 from .modules import ACT_METHODS, SCALE_METHODS
+from .ops import check_group_size
+
+
+NUM_CALIB = 256  # calibration samples when num_calib is not given
 
 
 @dataclass(frozen=True)
 class RTNConfig:
     """Round to nearest: per-output-channel weights at the planned bits ("minmax" or "mse" scales),
-    per-tensor input activations at ``act_bits`` (None: the plan's; 0: weights only), their range
-    from ``act_calib`` ("minmax", "percentile", "mse") over ``num_calib`` calibration samples."""
+    or per group of ``group_size`` input columns (None: the plan's), per-tensor input activations at
+    ``act_bits`` (None: the plan's; 0: weights only), their range from ``act_calib`` ("minmax",
+    "percentile", "mse", or "dynamic": per token at run time) over at most ``num_calib`` calibration
+    samples (None: 256; a loader with fewer gives all it has, with a warning when num_calib was given)."""
 
     method: ClassVar[str] = "rtn"
     weight_scale: str = "mse"
+    group_size: int | None = None
     act_bits: int | None = None
     act_calib: str = "mse"
-    num_calib: int = 256
+    num_calib: int | None = None
 
     def __post_init__(self):
         check_choice("weight_scale", self.weight_scale, SCALE_METHODS)
         check_choice("act_calib", self.act_calib, ACT_METHODS)
-        if isinstance(self.num_calib, bool) or not isinstance(self.num_calib, int) or self.num_calib < 2:
-            raise OmpqValueError(f"num_calib must be an integer >= 2, got {self.num_calib!r}")
+        check_group_size(self.group_size)
+        if self.num_calib is not None and (isinstance(self.num_calib, bool) or not isinstance(self.num_calib, int)
+                                           or self.num_calib < 2):
+            raise OmpqValueError(f"num_calib must be an integer >= 2 (or None: {NUM_CALIB}), got {self.num_calib!r}")
 
     def reconstruction_options(self) -> dict:
         """The options of ``quant.reconstruct.reconstruct`` (none for plain rounding)."""
@@ -71,6 +80,34 @@ class AdaRoundConfig(RTNConfig):
 
 
 @dataclass(frozen=True)
+class GPTQConfig(RTNConfig):
+    """GPTQ: each layer's weights rounded column by column with the error fed forward through the
+    inverse of its input second moment (``quant.gptq``), on the scales round to nearest would use.
+    ``damp``: added to the moment's diagonal, as a fraction of its mean; ``block_size``: columns per
+    lazy update; ``act_order``: round the columns with the largest input energy first; ``keep_best``:
+    a layer whose GPTQ error on the calibration inputs exceeds round to nearest's keeps the latter."""
+
+    method: ClassVar[str] = "gptq"
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
+    keep_best: bool = True
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("block_size", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OmpqValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 < self.damp < 1e6:
+            raise OmpqValueError(f"damp must be a number > 0 (a fraction of the moment's mean diagonal), got {self.damp!r}")
+        if not isinstance(self.act_order, bool) or not isinstance(self.keep_best, bool):
+            raise OmpqValueError(f"act_order and keep_best must be True or False, got {self.act_order!r}, "
+                                 f"{self.keep_best!r}")
+
+
+@dataclass(frozen=True)
 class BRECQConfig(AdaRoundConfig):
     """Learned rounding block by block (BRECQ): ``blocks`` names them (None: found generically)."""
 
@@ -78,7 +115,7 @@ class BRECQConfig(AdaRoundConfig):
     blocks: tuple[str, ...] | None = None
 
 
-CONFIGS: dict[str, type[RTNConfig]] = {c.method: c for c in (RTNConfig, AdaRoundConfig, BRECQConfig)}
+CONFIGS: dict[str, type[RTNConfig]] = {c.method: c for c in (RTNConfig, GPTQConfig, AdaRoundConfig, BRECQConfig)}
 
 
 def make_config(method: str = "rtn", **options) -> RTNConfig:

@@ -18,39 +18,58 @@ from torch.nn.utils import parametrize
 
 from ..errors import OmpqValueError
 from .op_inputs import mark
-from .ops import fake_quantize, quant_range
+from .padding import valid_rows
+from .ops import check_group_size, fake_quantize, quant_range
 from .scales import _MSE_GRID, SCALE_METHODS, channel_shape, weight_scale  # noqa: F401 (re-exported)
 
-ACT_METHODS = ("minmax", "percentile", "mse")
+ACT_METHODS = ("minmax", "percentile", "mse", "dynamic")
 
 
 class WeightQuantizer(nn.Module):
     """Symmetric per-output-channel fake quantization with a learnable (LSQ) scale; the output
-    channels lie along ``axis`` (0 for Linear/Conv, 1 for an (in, out) weight as GPT-2's Conv1D)."""
+    channels lie along ``axis`` (0 for Linear/Conv, 1 for an (in, out) weight as GPT-2's Conv1D).
+    With ``group_size``, one scale per group of that many consecutive weights of a channel (its input
+    columns; a convolution's in x kernel values), the last group of a channel possibly shorter."""
 
-    def __init__(self, weight: Tensor, bits: int, method: str = "mse", axis: int = 0):
+    def __init__(self, weight: Tensor, bits: int, method: str = "mse", axis: int = 0, group_size: int | None = None):
         super().__init__()
         if not 0 <= axis < weight.dim():
             raise OmpqValueError(f"channel axis {axis} is not an axis of a weight of shape {tuple(weight.shape)}")
-        self.bits, self.axis = bits, axis
-        self.scale = nn.Parameter(weight_scale(weight, bits, method, axis))
+        self.bits, self.axis, self.group_size = bits, axis, check_group_size(group_size)
+        self.scale = nn.Parameter(weight_scale(weight, bits, method, axis, group_size))
         per_channel = weight.numel() // weight.shape[axis]
-        self.grad_factor = 1.0 / math.sqrt(per_channel * quant_range(bits, True)[1])
+        per_scale = per_channel if group_size is None else min(group_size, per_channel)
+        self.grad_factor = 1.0 / math.sqrt(per_scale * quant_range(bits, True)[1])
 
     def forward(self, weight: Tensor) -> Tensor:
         return fake_quantize(weight, self.scale, bits=self.bits, signed=True, axis=self.axis,
-                             grad_factor=self.grad_factor)
+                             group_size=self.group_size, grad_factor=self.grad_factor)
+
+    def column_scales(self, channels: int, columns: int) -> Tensor:
+        """The scale of every weight of the flattened (channels x columns) weight: its channel's or its group's."""
+        scale = self.scale.detach().reshape(channels, -1)
+        if self.group_size is None:
+            return scale.expand(channels, columns)
+        return scale.repeat_interleave(self.group_size, dim=1)[:, :columns]
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, per_channel={self.scale.numel()}" + (f", axis={self.axis}" if self.axis else "")
+        per = f"per_channel={self.scale.numel()}" if self.group_size is None else \
+            f"group_size={self.group_size}, scales={self.scale.numel()}"
+        return f"bits={self.bits}, {per}" + (f", axis={self.axis}" if self.axis else "")
 
 
 class ActQuantizer(nn.Module):
     """Per-tensor fake quantization of a layer's input with a learnable (LSQ) scale.
 
     Calibrate first: ``observe`` collects statistics while ``observing`` is set, ``finalize``
-    picks the range. Non-negative inputs (after a ReLU) get the unsigned grid [0, 2^b - 1];
-    others the symmetric signed grid. Before calibration it passes inputs through.
+    picks the range ("minmax", "percentile": the 99.99th percentile of |x|, or "mse": the clipping
+    with the least squared error). Non-negative inputs (after a ReLU) get the unsigned grid
+    [0, 2^b - 1]; others the symmetric signed grid. Before calibration it passes inputs through.
+    Padded positions of a masked text batch are not observed (``padding.py``).
+
+    "dynamic": no fixed range; every token (each vector along the input's last dimension) gets its
+    own scale, its largest |x|, at run time (calibration only decides signed or unsigned). For the
+    inputs of linear layers; the scale parameter is then unused.
     """
 
     def __init__(self, bits: int, method: str = "mse", max_samples: int = 1 << 18):
@@ -77,7 +96,9 @@ class ActQuantizer(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
-        x = x.detach().float().reshape(-1)
+        x = valid_rows(x.detach()).float().reshape(-1)
+        if x.numel() == 0:
+            return
         self._min = min(self._min, x.min().item())
         self._max = max(self._max, x.max().item())
         self._seen += x.numel()
@@ -96,7 +117,7 @@ class ActQuantizer(nn.Module):
         values = samples.abs() if self.signed else samples
         top = max(abs(self._min), abs(self._max)) if self.signed else self._max
         top = max(top, 1e-8)
-        if self.method == "minmax":
+        if self.method in ("minmax", "dynamic"):
             scale = top / qmax
         elif self.method == "percentile":
             k = max(1, int(0.9999 * values.numel()))
@@ -120,13 +141,26 @@ class ActQuantizer(nn.Module):
         if not self.calibrated:
             return x
         dtype = x.dtype
+        if self.method == "dynamic":
+            return self._per_token(x.float()).to(dtype)
         y = fake_quantize(x.float(), self.scale, bits=self.bits, signed=self.signed,
                           grad_factor=self.grad_factor)
         return y.to(dtype)
 
+    def _per_token(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
+        top = (rows.abs() if self.signed else rows.clamp_min(0)).amax(dim=1).detach()
+        scale = top.clamp_min(1e-8) / quant_range(self.bits, self.signed)[1]
+        return fake_quantize(rows, scale, bits=self.bits, signed=self.signed, axis=0).reshape(x.shape)
+
     def extra_repr(self) -> str:
         state = ("signed" if self.signed else "unsigned") if self.calibrated else "not calibrated"
         return f"bits={self.bits}, method={self.method}, {state}"
+
+
+def features_last(layer: nn.Module) -> bool:
+    """Whether the layer's input holds its features along the last dimension (tokens x features)."""
+    return isinstance(layer, nn.Linear) or type(layer).__name__ == "Conv1D"
 
 
 class QuantLayer(nn.Module):
@@ -137,14 +171,17 @@ class QuantLayer(nn.Module):
     """
 
     def __init__(self, layer: nn.Module, weight_bits: int, act_bits: int | None, *, weight_scale_method="mse",
-                 act_method="mse", name: str = "", macs: int = 0, channel_axis: int = 0):
+                 act_method="mse", name: str = "", macs: int = 0, channel_axis: int = 0,
+                 group_size: int | None = None):
         super().__init__()
         self.layer = layer
         self.name = name
         self.macs = macs  # per sample, from the plan
         self.weight_bits = weight_bits
         self.act_bits = act_bits
-        self.weight_quantizer = WeightQuantizer(layer.weight, weight_bits, weight_scale_method, channel_axis)
+        self.weight_quantizer = WeightQuantizer(layer.weight, weight_bits, weight_scale_method, channel_axis, group_size)
+        if act_method == "dynamic" and not features_last(layer):
+            act_method = "mse"  # per-token scales are for inputs whose last dimension is the features
         self.input_quantizer = ActQuantizer(act_bits, act_method).to(layer.weight.device) if act_bits else None
 
     def quantized_weight(self) -> Tensor:
@@ -189,8 +226,9 @@ class FunctionalWeightQuantizer(WeightQuantizer):
     ``quant/op_inputs.py`` applies to the input of every op that consumes it."""
 
     def __init__(self, weight: Tensor, bits: int, method: str = "mse", *, axis: int = 0, name: str = "",
-                 kind: str = "", macs: int = 0, input_quantizer: ActQuantizer | None = None):
-        super().__init__(weight, bits, method, axis)
+                 kind: str = "", macs: int = 0, input_quantizer: ActQuantizer | None = None,
+                 group_size: int | None = None):
+        super().__init__(weight, bits, method, axis, group_size)
         self.name, self.kind, self.macs = name, kind, macs
         self.input_quantizer = input_quantizer
         self.reads = 0  # how often the weight was read, for calibration to tell an unused weight

@@ -129,11 +129,50 @@ class _EagerFakeQuant(torch.autograd.Function):
         return _backward_with(_gradients, ctx, grad)
 
 
+def check_group_size(group_size) -> int | None:
+    """None (per channel) or a positive integer, else a named error."""
+    if group_size is None:
+        return None
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise OmpqValueError(f"group_size must be a positive integer (e.g. 32, 64, 128) or None for one scale per "
+                             f"output channel, got {group_size!r}")
+    return group_size
+
+
+def group_count(columns: int, group_size: int | None) -> int:
+    """How many groups a channel of ``columns`` weights has (the last one may be shorter)."""
+    return 1 if group_size is None else -(-columns // group_size)
+
+
+def to_groups(x: Tensor, axis: int, group_size: int) -> Tensor:
+    """``x`` as (channels x groups) rows of ``group_size``: each channel (along ``axis``) flattened in the
+    order of ``x.movedim(axis, 0)`` and cut into groups of consecutive values; a short last group is padded
+    with zeros (which every scale represents exactly, so they change no scale and no error)."""
+    flat = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    columns = flat.shape[1]
+    pad = group_count(columns, group_size) * group_size - columns
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    return flat.reshape(-1, group_size)
+
+
+def from_groups(rows: Tensor, like: Tensor, axis: int) -> Tensor:
+    """The inverse of ``to_groups``: a tensor shaped as ``like``."""
+    moved = like.movedim(axis, 0).shape
+    columns = like.numel() // like.shape[axis]
+    return rows.reshape(like.shape[axis], -1)[:, :columns].reshape(moved).movedim(0, axis)
+
+
 def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | None = None, *, bits: int = 8, signed: bool = True,
-                  axis: int | None = None, grad_factor: float = 1.0) -> Tensor:
+                  axis: int | None = None, group_size: int | None = None, grad_factor: float = 1.0) -> Tensor:
     """Quantize ``x`` to ``bits`` and back: per channel along ``axis``, or per tensor when it is None.
 
     ``scale`` (and ``zero_point``, default 0) hold one value per channel, or one for the tensor.
+    ``group_size``: per group instead, with ``axis``: each channel's values (in the order of
+    ``x.movedim(axis, 0)``) in groups of ``group_size`` consecutive ones, the last possibly shorter;
+    ``scale`` then holds channels x groups values, channel-major. A group is a channel of the same
+    kernels (the tensor seen as rows of ``group_size``), so the values are those of per-channel
+    quantization of those rows, on the CPU and CUDA alike.
     A learnable ``zero_point`` is rounded in the forward pass with a straight-through gradient.
     ``grad_factor`` multiplies the scale and zero-point gradients (LSQ uses 1/sqrt(numel * qmax)).
     float32 tensors, all on the CPU or all on one CUDA device (the core's CUDA kernels, on torch's
@@ -151,6 +190,18 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | None = None, *,
                         "(no CUDA toolkit at build time); reinstall with nvcc on PATH, or move the tensors to the CPU")
     if x.device.type not in ("cpu", "cuda"):
         raise OmpqError(f"fake_quantize: tensors on {x.device} are not supported; use the CPU or a CUDA device")
+    if check_group_size(group_size) is not None:
+        if axis is None:
+            raise OmpqValueError("group_size needs axis=: the axis of the output channels whose values are grouped")
+        if not -x.dim() <= axis < x.dim():
+            raise OmpqValueError(f"axis {axis} is out of range for a {x.dim()}-D tensor")
+        rows = to_groups(x, axis % x.dim(), group_size)
+        if scale.numel() != rows.shape[0]:
+            raise OmpqValueError(f"{x.shape[axis]} channels in groups of {group_size} need {rows.shape[0]} scales, "
+                                 f"got {scale.numel()}")
+        zp = None if zero_point is None else zero_point.reshape(-1)
+        out = fake_quantize(rows, scale.reshape(-1), zp, bits=bits, signed=signed, axis=0, grad_factor=grad_factor)
+        return from_groups(out, x, axis % x.dim())
     qmin, qmax = quant_range(bits, signed)
     scale = scale.reshape(-1).float()
     if zero_point is None:

@@ -39,7 +39,7 @@ from ..errors import OmpqTypeError, OmpqValueError
 from ..inputs import join_samples, map_tensors, select_samples, tensors
 from ..progress import progress_bar
 from .modules import QuantLayer, WeightQuantizer, channel_shape, quant_layers
-from .ops import quant_range
+from .ops import check_group_size, from_groups, group_count, quant_range
 
 __all__ = ["METHODS", "AdaRoundQuantizer", "find_blocks", "reconstruct"]
 
@@ -61,14 +61,16 @@ class AdaRoundQuantizer(nn.Module):
     differentiable in ``V`` only.
     """
 
-    def __init__(self, weight: Tensor, scale: Tensor, bits: int, axis: int = 0):
+    def __init__(self, weight: Tensor, scale: Tensor, bits: int, axis: int = 0, group_size: int | None = None):
         super().__init__()
-        self.bits, self.axis = bits, axis
+        self.bits, self.axis, self.group_size = bits, axis, check_group_size(group_size)
         self.qmin, self.qmax = quant_range(bits, signed=True)
         scale = scale.detach().float().reshape(-1)
-        if not 0 <= axis < weight.dim() or scale.numel() != weight.shape[axis]:
+        if not 0 <= axis < weight.dim() or scale.numel() != weight.shape[axis] * group_count(
+                weight.numel() // weight.shape[axis], group_size):
             raise OmpqValueError(f"AdaRoundQuantizer: {scale.numel()} scales for a weight of shape "
-                                 f"{tuple(weight.shape)} with output channels along axis {axis}")
+                                 f"{tuple(weight.shape)} with output channels along axis {axis}"
+                                 + (f" in groups of {group_size}" if group_size else ""))
         if not bool((scale > 0).all()):
             raise OmpqValueError("AdaRoundQuantizer: every scale must be > 0")
         self.register_buffer("scale", scale.clone())
@@ -85,8 +87,13 @@ class AdaRoundQuantizer(nn.Module):
         return (torch.sigmoid(self.V) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
 
     def channel_scale(self, weight: Tensor) -> Tensor:
-        """The scales shaped to broadcast against ``weight``, one per output channel."""
-        return self.scale.reshape(channel_shape(weight, self.axis))
+        """The scales shaped to broadcast against ``weight``: one per output channel, or with groups the
+        scale of every weight."""
+        if self.group_size is None:
+            return self.scale.reshape(channel_shape(weight, self.axis))
+        channels = weight.shape[self.axis]
+        columns = self.scale.reshape(channels, -1).repeat_interleave(self.group_size, dim=1)
+        return from_groups(columns.reshape(-1), weight, self.axis)
 
     def integers(self, weight: Tensor) -> Tensor:
         """The integer grid values of ``weight`` under the current (soft or hard) rounding."""
@@ -419,7 +426,7 @@ def _reconstruct_unit(qmodel, fp_model, name, args, kwargs, n, *, iters, reg_wei
             raise OmpqTypeError(f"reconstruct: layer {lname!r} has a {type(wq).__name__} weight quantizer; "
                                 f"reconstruction needs the per-channel WeightQuantizer")
         originals.append((ql, wq, ql.layer.weight.detach().clone()))
-        ql.weight_quantizer = AdaRoundQuantizer(ql.layer.weight, wq.scale, wq.bits, wq.axis)
+        ql.weight_quantizer = AdaRoundQuantizer(ql.layer.weight, wq.scale, wq.bits, wq.axis, wq.group_size)
     quantizers = [ql.weight_quantizer for ql, _, _ in originals]
     params = [q.V for q in quantizers]
     # Only V learns: freeze everything else in the unit for the duration.

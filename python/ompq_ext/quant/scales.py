@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import _core
 from ..errors import OmpqValueError
-from .ops import fake_quantize, quant_range
+from .ops import check_group_size, fake_quantize, quant_range, to_groups
 
 SCALE_METHODS = ("minmax", "mse")
 _MSE_GRID = torch.linspace(1.0, 0.2, 81)  # clipping ratios tried by the MSE scale search
@@ -22,8 +22,9 @@ def channel_shape(weight: Tensor, axis: int) -> tuple[int, ...]:
     return tuple(weight.shape[axis] if d == axis else 1 for d in range(weight.dim()))
 
 
-def weight_scale(weight: Tensor, bits: int, method: str = "mse", axis: int = 0) -> Tensor:
-    """Per-output-channel scales (channels along ``axis``) for symmetric ``bits``-bit weights.
+def weight_scale(weight: Tensor, bits: int, method: str = "mse", axis: int = 0, group_size: int | None = None) -> Tensor:
+    """Per-output-channel scales (channels along ``axis``) for symmetric ``bits``-bit weights, or with
+    ``group_size`` one per group of that many consecutive weights of a channel (``ops.to_groups``).
 
     ``minmax``: the largest |w| of the channel maps to the top of the grid. ``mse``: the
     clipping ratio (1.0 down to 0.2) with the least squared rounding error, per channel (the first
@@ -32,8 +33,11 @@ def weight_scale(weight: Tensor, bits: int, method: str = "mse", axis: int = 0) 
     if method not in SCALE_METHODS:
         raise OmpqValueError(f"weight scale method must be one of {SCALE_METHODS}, got {method!r}")
     qmin, qmax = quant_range(bits, signed=True)
-    flat = weight.detach().float().movedim(axis, 0)
-    flat = flat.reshape(flat.shape[0], -1)
+    if check_group_size(group_size) is not None:
+        flat = to_groups(weight.detach().float(), axis, group_size)
+    else:
+        flat = weight.detach().float().movedim(axis, 0)
+        flat = flat.reshape(flat.shape[0], -1)
     base = flat.abs().amax(dim=1).clamp_min(1e-12) / qmax
     if method == "minmax":
         return base
