@@ -67,6 +67,8 @@ def test_padded_positions_are_not_calibrated(as_dict):
     q2 = ompq_ext.quantize(Tagger(as_dict=False, mask_key="padding").eval(), p, [unmasked], act_calib="minmax",
                            progress=False)
     assert q2.fc1.input_quantizer.scale.item() == pytest.approx(1000 / 127, rel=1e-6)
+    off = ompq_ext.quantize(model, p, calib, act_calib="minmax", mask_padding=False, progress=False)
+    assert off.fc1.input_quantizer.scale.item() == pytest.approx(1000 / 127, rel=1e-6)
     with torch.no_grad():  # and the masked calibration is the better model on the real tokens
         ref = model(**({"features": batch} if as_dict else batch))
         err = (q(**({"features": batch} if as_dict else batch)) - ref).abs().max()

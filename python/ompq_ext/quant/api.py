@@ -92,7 +92,7 @@ def _occurrences(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
 # ---------------------------------------------------------------- calibration
 
 
-def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
+def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool, mask_padding: bool = True) -> None:
     """One forward pass with every input quantizer observing, then each picks its range. The input
     quantizer of a weight used outside its module's call that was read but whose op was not recognised
     (``quant/op_inputs.py``) is removed, with a warning: those inputs stay in float."""
@@ -112,7 +112,7 @@ def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
                     if isinstance(qw.weight_quantizer, FunctionalWeightQuantizer):
                         qw.weight_quantizer.reads = 0
                 qmodel.eval()
-                with padding_mask(args, kwargs):
+                with padding_mask(args, kwargs, mask_padding):
                     call_model(qmodel, args, kwargs, samples="the calibration", error=OmpqError)
             finally:
                 for qw in weights:
@@ -142,10 +142,12 @@ def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool) -> None:
                           f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}", stacklevel=3)
 
 
-def calibrate(qmodel: nn.Module, calib, num_calib: int | None = None, *, input_fn=None, progress=None) -> nn.Module:
+def calibrate(qmodel: nn.Module, calib, num_calib: int | None = None, *, input_fn=None, mask_padding: bool = True,
+              progress=None) -> nn.Module:
     """Calibrate (again) the input quantizers of a quantized model on at most ``num_calib`` (None: 256) samples of
     ``calib`` (a DataLoader, a list of batches or a tensor; ``input_fn`` turns a batch into model
-    inputs), in one forward pass. Earlier statistics are forgotten. Buffers (BatchNorm running
+    inputs), in one forward pass. Earlier statistics are forgotten. ``mask_padding``: leave out the padded
+    positions of batches that carry an ``attention_mask`` (``quant/padding.py``). Buffers (BatchNorm running
     statistics) and train/eval flags are left as they were. Returns ``qmodel``."""
     if not isinstance(qmodel, nn.Module):
         raise OmpqTypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
@@ -154,7 +156,7 @@ def calibrate(qmodel: nn.Module, calib, num_calib: int | None = None, *, input_f
     if calib is None:
         raise OmpqValueError("calibrate needs calib data: a DataLoader, a list of batches or a tensor of inputs")
     args, kwargs = _gather(calib, num_calib, input_fn)
-    _calibrate_on(qmodel, args, kwargs, show_progress(progress))
+    _calibrate_on(qmodel, args, kwargs, show_progress(progress), mask_padding)
     return qmodel
 
 
@@ -173,6 +175,7 @@ def quantize(
     act_bits: int | None = None,
     act_calib: str | None = None,
     num_calib: int | None = None,
+    mask_padding: bool | None = None,
     input_fn=None,
     inplace: bool = False,
     progress: bool | None = None,
@@ -183,29 +186,36 @@ def quantize(
 
     plan: an ``ompq_ext.Plan`` or the path of a saved one; it must match the model (every planned
         layer present with the same weight size), else PlanFileError names the missing layers.
-    calib: a DataLoader, a list of batches or a tensor; ``num_calib`` samples are drawn and run
+    calib: a DataLoader, a list of batches or a tensor; up to ``num_calib`` samples are drawn and run
         through the model together (``input_fn`` turns a batch into model inputs). Needed when
-        activations are quantized and for reconstruction.
-    config: the recipe, ``RTNConfig`` (the default), ``AdaRoundConfig`` or ``BRECQConfig``
+        activations are quantized, for GPTQ and for reconstruction.
+    config: the recipe, ``RTNConfig`` (the default), ``GPTQConfig``, ``AdaRoundConfig`` or ``BRECQConfig``
         (``ompq_ext.quant.configs``). Or give it as keywords, a shorthand for the same configs:
-    method: "rtn" (round to nearest), or "adaround" / "brecq" (learned rounding, layer-wise or
-        block-wise; ``reconstruction_options`` such as ``iters=`` and ``reg_weight=`` are the
-        fields of AdaRoundConfig / BRECQConfig, passed to ``ompq_ext.quant.reconstruct.reconstruct``).
-    weight_scale: "minmax" or "mse" (default) per-output-channel scales for the symmetric weight grid.
+    method: "rtn" (round to nearest), "gptq" (each layer's rounding error fed forward through its
+        inputs' inverse second moment; ``damp=``, ``block_size=``, ``act_order=``), or "adaround" /
+        "brecq" (learned rounding, layer-wise or block-wise; ``reconstruction_options`` such as
+        ``iters=`` and ``reg_weight=`` are the fields of the config classes, passed to
+        ``ompq_ext.quant.gptq.gptq`` / ``ompq_ext.quant.reconstruct.reconstruct``).
+    weight_scale: "minmax" or "mse" (default) scales for the symmetric weight grid, one per output channel,
+        or per group of ``group_size`` input columns (default: the plan's ``group_size``).
     act_bits: activation bits, default the plan's (8); 0 or False quantizes weights only.
-    act_calib: "minmax", "percentile" or "mse" (default) range for the per-tensor input quantizers;
-        inputs that are never negative (after a ReLU) get the unsigned grid. num_calib: default 256.
+    act_calib: "minmax", "percentile", "mse" (default) range for the per-tensor input quantizers, or
+        "dynamic" (per token at run time, for the inputs of linear layers; convolutions keep "mse");
+        inputs that are never negative (after a ReLU) get the unsigned grid.
+    num_calib: at most this many samples (default 256; a calib with fewer gives all it has, with a warning
+        when num_calib was given). mask_padding: leave the padded positions of batches with an
+        ``attention_mask`` out of the ranges and of GPTQ's moments (default True).
     inplace: modify and return ``model`` itself instead of a copy (if this raises part way, the
         model may be left partly quantized). Otherwise ``model`` is left exactly as it was.
-    records: a list that reconstruction appends one dict per layer/block to (errors before and after).
+    records: a list that GPTQ or reconstruction appends one dict per layer/block to (errors before and after).
 
     The result is in eval mode. Call ``quant_report`` on it for its size and BOPs.
     """
     if not isinstance(model, nn.Module):
         raise OmpqTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     keywords = {k: v for k, v in dict(weight_scale=weight_scale, group_size=group_size, act_bits=act_bits,
-                                      act_calib=act_calib,
-                                      num_calib=num_calib, **reconstruction_options).items() if v is not None}
+                                      act_calib=act_calib, num_calib=num_calib, mask_padding=mask_padding,
+                                      **reconstruction_options).items() if v is not None}
     if config is None:
         config = make_config(method or "rtn", **keywords)
     elif method is not None or keywords:
@@ -294,12 +304,13 @@ def quantize(
 
     qmodel.eval()
     if act is not None:
-        _calibrate_on(qmodel, *inputs, show)
+        _calibrate_on(qmodel, *inputs, show, config.mask_padding)
     if config.method == "gptq":
         from .gptq import gptq
 
         _warn_outside(functional, "gptq")
-        gptq(qmodel, inputs, progress=show, records=records, **config.reconstruction_options())
+        gptq(qmodel, inputs, progress=show, records=records, mask_padding=config.mask_padding,
+             **config.reconstruction_options())
         qmodel.eval()
     if reconstructing:
         try:

@@ -30,6 +30,7 @@ class RTNConfig:
     act_bits: int | None = None
     act_calib: str = "mse"
     num_calib: int | None = None
+    mask_padding: bool = True  # leave padded positions (a batch's attention_mask) out of the statistics
 
     def __post_init__(self):
         check_choice("weight_scale", self.weight_scale, SCALE_METHODS)

@@ -118,9 +118,11 @@ class _Stop(BaseException):
 
 
 @torch.no_grad()
-def input_moment(qmodel: nn.Module, layer: nn.Module, args, kwargs, n: int, chunk: int) -> Tensor:
+def input_moment(qmodel: nn.Module, layer: nn.Module, args, kwargs, n: int, chunk: int,
+                 mask_padding: bool = True) -> Tensor:
     """X^T X / rows (float64) of ``layer``'s input over the n samples, as the quantized model feeds it
-    (padded positions left out, see ``padding.py``); forwards of ``chunk`` samples, each stopped there."""
+    (padded positions left out unless ``mask_padding`` is False, see ``padding.py``); forwards of ``chunk``
+    samples, each stopped there."""
     total, rows = None, 0
 
     def pre(_m, a):
@@ -135,7 +137,7 @@ def input_moment(qmodel: nn.Module, layer: nn.Module, args, kwargs, n: int, chun
         for start in range(0, n, chunk):
             idx = torch.arange(start, min(start + chunk, n))
             a, kw = select_samples(args, idx, n), select_samples(kwargs, idx, n)
-            with padding_mask(a, kw):
+            with padding_mask(a, kw, mask_padding):
                 try:
                     qmodel(*a, **kw)
                 except _Stop:
@@ -179,8 +181,8 @@ def _order(qmodel: nn.Module, layers: dict[str, QuantLayer], args, kwargs, n: in
 
 
 def gptq(qmodel: nn.Module, inputs: tuple[tuple, dict], *, damp: float = 0.01, block_size: int = 128,
-         act_order: bool = False, keep_best: bool = True, chunk_size: int = 64, progress: bool | None = None,
-         records: list | None = None) -> None:
+         act_order: bool = False, keep_best: bool = True, chunk_size: int = 64, mask_padding: bool = True,
+         progress: bool | None = None, records: list | None = None) -> None:
     """Round the weights of ``qmodel``'s QuantLayers with GPTQ, in place, layer by layer in call order.
 
     inputs: ``(args, kwargs)`` of one model call over the calibration samples. keep_best: a layer
@@ -213,7 +215,7 @@ def gptq(qmodel: nn.Module, inputs: tuple[tuple, dict], *, damp: float = 0.01, b
             t0 = time.perf_counter()
             ql = layers[name]
             wq = ql.weight_quantizer
-            moment = input_moment(qmodel, ql.layer, args, kwargs, n, chunk_size)
+            moment = input_moment(qmodel, ql.layer, args, kwargs, n, chunk_size, mask_padding)
             weight = ql.layer.weight
             W = _flat(weight.detach(), wq.axis).to(torch.float64)
             S = wq.column_scales(*W.shape).to(torch.float64)

@@ -35,9 +35,10 @@ def find_mask(args, kwargs) -> Tensor | None:
 
 
 @contextmanager
-def padding_mask(args, kwargs):
-    """Within the block, ``valid_rows`` knows the padding of this call (nothing, if it has no mask)."""
-    mask = find_mask(args, kwargs)
+def padding_mask(args, kwargs, enabled: bool = True):
+    """Within the block, ``valid_rows`` knows the padding of this call (nothing, if it has no mask or
+    ``enabled`` is False: then every position counts)."""
+    mask = find_mask(args, kwargs) if enabled else None
     previous = getattr(_current, "mask", None)
     _current.mask = None if mask is None else mask.bool()
     try:
