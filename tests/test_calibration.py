@@ -153,3 +153,27 @@ def test_num_calib_is_an_upper_bound():
         ompq_ext.calibrate(q, [x], num_calib=64, progress=False)
     with pytest.raises(OmpqValueError, match="only 1 samples but num_calib=64 \\(at least 2\\)"):
         ompq_ext.quantize(model, p, [x[:1]], num_calib=64, progress=False)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("signed", [True, False])
+def test_activation_mse_range_is_the_least_squared_error_on_the_grid(bits, signed):
+    from ompq_ext.quant.scales import _MSE_GRID, activation_scale
+
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(5000, generator=g) ** 3  # heavy tails: clipping pays
+    if not signed:
+        x = x.abs()
+    scale, got_signed = activation_scale(x, bits, "mse")
+    assert got_signed == signed
+    qmin, qmax = quant_range(bits, signed)
+    top = float(x.abs().max())
+    candidates = [torch.tensor([top / qmax], dtype=torch.float32) * r for r in _MSE_GRID]
+
+    def error(s):  # float64 sum of the squared rounding error, an independent reference
+        q = (x / s).round().clamp(qmin, qmax) * s
+        return float((q.double() - x.double()).square().sum())
+    errors = [error(s) for s in candidates]
+    best = min(range(len(errors)), key=errors.__getitem__)
+    assert scale == pytest.approx(float(candidates[best]), rel=1e-6)
+    assert error(torch.tensor([scale])) <= min(errors) * (1 + 1e-9)

@@ -365,7 +365,7 @@ def test_no_solution_in_time_is_an_error(monkeypatch):
 
 def test_plan_over_budget_is_caught(monkeypatch):
     groups = [GroupSpec("a", 10, 0, 1.0, (4, 8))]
-    monkeypatch.setattr(solver, "_solve_stages", lambda *a, **k: ("OPTIMAL", [8], 0))
+    monkeypatch.setattr(solver, "_solve_stages", lambda *a, **k: ("OPTIMAL", ([8], []), 0))
     with pytest.raises(OmpqError, match="internal error"):
         solve(groups, size_budget_bits=50)
 

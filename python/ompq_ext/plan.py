@@ -8,6 +8,8 @@ and the record (``record``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import time
 import warnings
@@ -36,7 +38,7 @@ def plan(
     *,
     method: str | Allocator | None = None,
     bits=None,
-    act_bits: int = 8,
+    act_bits=8,
     group_size: int | None = None,
     scale_bits: int = 16,
     fixed_bits: dict | None = None,
@@ -75,7 +77,14 @@ def plan(
     bits: the bit-widths to choose from. None (the default): every integer within one
         bit of the budget's average bits per planned weight, inside 2..8 (e.g.
         "3bits" -> 2, 3, 4); pass range(2, 9) for the widest search.
-    fixed_bits: {name or glob: bits}, e.g. {"conv1": 8, "fc": 8}. act_bits: activation bits for BOPs.
+    fixed_bits: {name or glob: bits}, e.g. {"conv1": 8, "fc": 8}.
+    act_bits: the bits of every planned layer's input, for BOPs (default 8); or a collection such as
+        (4, 8): each layer's input bits are then chosen too, jointly with the weight bits, by the exact
+        solver under the budgets (a BOPs budget is where they matter). Each method scores them:
+        "output_error" by the error quantizing the layer's input rows causes in its output,
+        "verified" by its candidates so scored and its check with inputs quantized too, "ompq" by
+        the layer's importance times weight bits + activation bits; "kl" and "hessian" do not score
+        them. ``plan.act_bits`` holds the choices; ``quantize()`` follows them.
     group_size: the weights will be quantized per group of this many input columns (one scale each;
         ``quantize()`` follows the plan's); None: per output channel.
     scale_bits: the bits of one stored scale, counted in the model's size with the weights: 16
@@ -117,6 +126,10 @@ def plan(
                          embeddings=include_embeddings)
     options = check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
                             latency_table=latency_table, latency_budget=latency_budget)
+    if options.act_choices and not allocator.scores_act_bits:
+        raise OmpqValueError(f"act_bits={act_bits!r} makes the activation bits a decision, but the {allocator.name!r} "
+                             f"method does not score them; use method='verified', 'output_error' or 'ompq', or one "
+                             f"activation bit-width")
     with _stage(timing, "data"):
         samples = gather_samples(loader, num_samples, input_fn, min_samples=allocator.min_samples, warn=asked)
         num_samples = sample_count(samples)  # fewer than asked where the loader ran out (with a warning)
@@ -126,26 +139,36 @@ def plan(
                        bn_mode=bn_mode, progress=progress)
     planned, skipped = _planned_layers(layers, seen, allocator.feature_point)
     overhead = scale_overhead(planned, [seen.channel_axis[layers.index(x)] for x in planned], group_size=group_size,
-                              act_bits=options.act_bits, scale_bits=scale_bits)
+                              act_bits=min(options.act_choices or (options.act_bits,)), scale_bits=scale_bits)
     problem = build_problem(model, planned, {x.name: seen.macs[layers.index(x)] for x in planned}, options, ties,
                             scale_bits=overhead)
     with _stage(timing, "scores"):
         indices = [layers.index(x) for x in planned]
         allowed = {n: s.bits for s, g in zip(problem.specs, problem.groups) for n in g.layers}
-        def solve(candidate: Scores) -> dict[str, int]:
+        def solve(candidate: Scores, with_act: bool = False, fixed_act: int | None = None) -> dict:
+            """{layer: bits} of the exact plan of ``candidate``; with_act: {layer: (bits, act bits)};
+            fixed_act: every input at those bits instead of the choices (a weight-only plan)."""
             candidate.check([x.name for x in planned], allocator.name)
-            bits = solve_problem(problem, candidate, time_limit_s).bits
-            return {n: int(b) for g, b in zip(problem.groups, bits) for n in g.layers}
+            here = problem
+            if fixed_act is not None:
+                here = dataclasses.replace(problem, specs=[dataclasses.replace(s, act_choices=(), act_bits=fixed_act)
+                                                           for s in problem.specs])
+                candidate = dataclasses.replace(candidate, act_values=None)
+            a = solve_problem(here, candidate, time_limit_s)
+            return {n: (int(b), int(act)) if with_act else int(b)
+                    for g, b, act in zip(problem.groups, a.bits, a.act_bits) for n in g.layers}
 
         scores = allocator.scores(ScoringInput(model, samples, planned, indices, problem.bits, collectors, allowed,
-                                               [seen.channel_axis[i] for i in indices], solve, progress))
+                                               [seen.channel_axis[i] for i in indices], solve, progress,
+                                               act_bits=options.act_choices))
         if not isinstance(scores, Scores):
             raise OmpqTypeError(f"the {allocator.name!r} allocator returned {type(scores).__name__}, not Scores")
         scores.check([x.name for x in planned], allocator.name)
     with _stage(timing, "solve"):
         allocation = solve_problem(problem, scores, time_limit_s)
     timing["total"] = time.perf_counter() - start
-    settings = Settings(method=allocator.name, bits=list(problem.bits), act_bits=options.act_bits,
+    settings = Settings(method=allocator.name, bits=list(problem.bits),
+                        act_bits=list(options.act_choices) if options.act_choices else options.act_bits,
                         group_size=group_size, scale_bits=scale_bits,
                         fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
                         ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
@@ -231,6 +254,7 @@ def _record(model, planned, skipped, problem, scores, allocation, settings, timi
     group_of = {n: g.name for g in problem.groups for n in g.layers}
     fixed = {s.name: len(s.bits) == 1 for s in problem.specs}
     group_bits = {s.name: int(b) for s, b in zip(problem.specs, allocation.bits)}
+    group_acts = {s.name: int(a) if s.act_choices else None for s, a in zip(problem.specs, allocation.act_bits)}
     layers = [
         LayerPlan(
             name=x.name, kind=x.kind, group=group_of[x.name], params=x.params, macs=problem.macs[x.name],
@@ -239,6 +263,7 @@ def _record(model, planned, skipped, problem, scores, allocation, settings, timi
             weight=None if scores.weights is None else scores.weights[x.name],
             bits=group_bits[group_of[x.name]], fixed=fixed[group_of[x.name]], functional=where[x.name][0],
             channel_axis=where[x.name][1],
+            act_bits=group_acts[group_of[x.name]] if x.kind != "Embedding" else None,
         )
         for x in planned
     ]

@@ -3,7 +3,7 @@
 Format ``ompq_ext.plan``, version 1: the top-level fields ``layers``, ``groups``, ``orm``,
 ``totals``, ``budgets``, ``solver``, ``settings``, ``timing``, ``model``, ``skipped``. Fields
 added since the first files (``settings.method``, ``budgets[].limit``, ``layers[].functional``,
-``layers[].channel_axis``, ``totals.scale_bits``, ``settings.group_size`` / ``scale_bits``: absent in
+``layers[].channel_axis``, ``layers[].act_bits``, ``totals.scale_bits``, ``settings.group_size`` / ``scale_bits``: absent in
 files written before scales were counted in the size, which read as 0 / None) are optional, so every version-1 file written so far still loads. A
 plan whose method does not measure orthogonality (any method but "ompq") has null ``orm`` and may
 have null ``gamma`` / ``log_theta`` / ``weight``.
@@ -108,11 +108,14 @@ def check(data, source: str = "plan") -> dict:
             "bits": r.need(raw, "bits", int, where), "fixed": r.need(raw, "fixed", bool, where),
             "functional": bool(r.need(raw, "functional", bool, where, optional=True)),
             "channel_axis": r.need(raw, "channel_axis", int, where, optional=True) or 0,
+            "act_bits": r.need(raw, "act_bits", int, where, optional=True, nullable=True),
         }
         if not 1 <= layer["bits"] <= 16:
             raise PlanFileError(f"{source}: {where} ({layer['name']}) has bits {layer['bits']}, outside 1..16")
         if layer["channel_axis"] < 0:
             raise PlanFileError(f"{source}: {where} ({layer['name']}) has a negative channel_axis")
+        if layer["act_bits"] is not None and not 1 <= layer["act_bits"] <= 32:
+            raise PlanFileError(f"{source}: {where} ({layer['name']}) has act_bits {layer['act_bits']}, outside 1..32")
         if layer["params"] <= 0 or layer["macs"] < 0:
             raise PlanFileError(f"{source}: {where} ({layer['name']}) has a non-positive parameter count")
         layers.append(layer)

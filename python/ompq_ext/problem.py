@@ -33,15 +33,18 @@ class Options:
     """The checked options that shape the problem."""
 
     bits: tuple[int, ...] | None  # the bit choices; None: a window around the budget
-    act_bits: int
+    act_bits: int  # activation bits (the largest choice where they are chosen)
+    act_choices: tuple[int, ...]  # activation bits to choose from per layer; () where they are fixed
     fixed: dict[str, int]  # layer name -> fixed bits, patterns resolved
     budgets: list  # Budgets and Constraints, in the user's order (a latency table last)
 
 
 def check_options(layers: list[Layer], *, budget, bits, act_bits, fixed_bits, latency_table,
                   latency_budget) -> Options:
-    if isinstance(act_bits, bool) or not isinstance(act_bits, int) or not 1 <= act_bits <= 32:
-        raise OmpqValueError(f"act_bits must be an integer in 1..32, got {act_bits!r}")
+    act_choices = _act_set(act_bits)
+    act_bits = act_choices[-1]
+    if len(act_choices) == 1:
+        act_choices = ()
     if (latency_table is None) != (latency_budget is None):
         raise OmpqValueError("latency_table and latency_budget go together: give both or neither")
     budgets = parse_budgets(budget)
@@ -51,8 +54,22 @@ def check_options(layers: list[Layer], *, budget, bits, act_bits, fixed_bits, la
     for kind in sorted(set(kinds)):
         if kinds.count(kind) > 1:
             raise OmpqValueError(f"two {kind} budgets given; give at most one of each kind")
-    return Options(bits=None if bits is None else _bit_set(bits), act_bits=act_bits,
+    return Options(bits=None if bits is None else _bit_set(bits), act_bits=act_bits, act_choices=act_choices,
                    fixed=_fixed_bits_for([x.name for x in layers], fixed_bits), budgets=budgets)
+
+
+def _act_set(act_bits) -> tuple[int, ...]:
+    """Activation bits: one integer in 1..32 (fixed), or a collection of them to choose from per layer."""
+    values = [act_bits] if isinstance(act_bits, (int, np.integer)) and not isinstance(act_bits, bool) else act_bits
+    if isinstance(values, (str, bytes, bool)) or not hasattr(values, "__iter__"):
+        raise OmpqValueError(f"act_bits must be an integer in 1..32 or a collection of them such as (4, 8), "
+                             f"got {act_bits!r}")
+    values = list(values)
+    if not values or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not 1 <= a <= 32
+                         for a in values):
+        raise OmpqValueError(f"act_bits must be an integer in 1..32 or a collection of them such as (4, 8), "
+                             f"got {act_bits!r}")
+    return tuple(sorted({int(a) for a in values}))
 
 
 def _bit_set(bits) -> tuple[int, ...]:
@@ -124,7 +141,7 @@ def scale_overhead(planned: list[Layer], channel_axes: list[int], *, group_size:
         if id(weight) not in counted:
             counted.add(id(weight))
             scales += scale_count(weight, axis, group_size)
-        if act_bits < 32 and layer.kind != "Embedding":
+        if act_bits < 32 and layer.kind != "Embedding":  # (the smallest choice, where they are chosen)
             scales += 1
     return scale_bits * scales
 
@@ -146,7 +163,8 @@ def build_problem(model: nn.Module, planned: list[Layer], macs: dict[str, int], 
         if len(fixed_here) > 1:
             raise OmpqValueError(f"fixed_bits gives the tied layers of group {g.name!r} different bits {sorted(fixed_here)}")
         specs.append(GroupSpec(name=g.name, params=g.params, macs=sum(macs[n] for n in g.layers), weight=0.0,
-                               bits=tuple(fixed_here), act_bits=options.act_bits, layers=tuple(g.layers)))
+                               bits=tuple(fixed_here), act_bits=options.act_bits, layers=tuple(g.layers),
+                               act_choices=options.act_choices))
     constraints, records = [], []
     for item in options.budgets:
         if isinstance(item, Budget):
@@ -198,29 +216,37 @@ def _bits_around(averages) -> tuple[int, ...]:
 
 def solve_problem(problem: Problem, scores: Scores, time_limit_s: float) -> Allocation:
     """The exact allocation of ``scores`` (summed over each group's layers) under every constraint."""
-    specs, values = problem.specs, None
+    specs, values, act_values = problem.specs, None, None
+    joint = bool(specs[0].act_choices)
     if scores.values is None:
         specs = [dataclasses.replace(s, weight=float(sum(scores.weights[n] for n in g.layers)))
                  for s, g in zip(specs, problem.groups)]
     else:
-        values = [_group_values(s, g, scores.values) for s, g in zip(specs, problem.groups)]
-    return solve(specs, problem.constraints, values=values, other_bits=problem.fixed_bits,
+        values = [_group_values(s.bits, g, scores.values) for s, g in zip(specs, problem.groups)]
+        if joint and scores.act_values is None:
+            raise OmpqValueError("act_bits gives activation bits to choose from, but the allocator scored the weight "
+                                 "bits alone; use method='verified', 'output_error' or 'ompq', or give act_values")
+    if joint and scores.act_values is not None:
+        act_values = [_group_values(s.act_choices, g, scores.act_values, "activation ") for s, g in
+                      zip(specs, problem.groups)]
+    return solve(specs, problem.constraints, values=values, act_values=act_values, other_bits=problem.fixed_bits,
                  time_limit_s=time_limit_s)
 
 
-def _group_values(spec: GroupSpec, group: LayerGroup, values) -> dict[int, float]:
-    """The group's value at each allowed bit-width: the sum over its layers (each checked to be a number)."""
+def _group_values(bits: tuple[int, ...], group: LayerGroup, values, what: str = "") -> dict[int, float]:
+    """The group's value at each allowed (activation, where ``what`` says so) bit-width: the sum over its
+    layers (each checked to be a number)."""
     out = {}
-    for b in spec.bits:
+    for b in bits:
         total = 0.0
         for n in group.layers:
             try:
                 total += float(values[n][b])
             except KeyError:
-                raise OmpqValueError(f"the allocator gave layer {n!r} no value for {b} bits; "
-                                     f"give one for every allowed bit-width {list(spec.bits)}") from None
+                raise OmpqValueError(f"the allocator gave layer {n!r} no value for {b} {what}bits; "
+                                     f"give one for every allowed {what}bit-width {list(bits)}") from None
             except (TypeError, ValueError):
-                raise OmpqValueError(f"the allocator's value of layer {n!r} at {b} bits is not a number: "
+                raise OmpqValueError(f"the allocator's value of layer {n!r} at {b} {what}bits is not a number: "
                                      f"{values[n][b]!r}") from None
         out[b] = total
     return out

@@ -57,6 +57,7 @@ class LayerPlan(_Record):
     fixed: bool
     functional: bool = False  # used outside its module's own call (e.g. F.linear on it): quantized where it lives
     channel_axis: int = 0  # the weight's output-channel axis, one scale per channel (1 for GPT-2's (in, out) Conv1D)
+    act_bits: int | None = None  # its input's bits where plan(act_bits=(...)) chose them; None: the settings' act_bits
 
     def to_json(self) -> dict:
         return asdict(self)  # the scores a method does not measure are written as null
@@ -127,7 +128,7 @@ class Settings(_Record):
 
     method: str = "ompq"
     bits: list[int] = field(default_factory=list)
-    act_bits: int = 8
+    act_bits: int | list[int] = 8  # the activation bits, or the choices where each layer's were chosen
     group_size: int | None = None  # weights quantized per group of this many input columns; None: per channel
     scale_bits: int = 0  # bits of one stored scale in the size (0: not counted, as plans before they were)
     fixed_bits: dict[str, int] = field(default_factory=dict)
@@ -192,13 +193,21 @@ class Plan:
         return {layer.name: layer.bits for layer in self.layers}
 
     @property
+    def act_bits(self) -> dict[str, int]:
+        """Layer name -> the bits of its input: chosen per layer, or the plan's one act_bits."""
+        fixed = self.settings.act_bits
+        return {layer.name: layer.act_bits if layer.act_bits is not None else fixed for layer in self.layers}
+
+    @property
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
     def summary(self) -> str:
         """A table of the plan: one row per layer, then the totals, solver and timing."""
         width = max(12, *(len(x.name) for x in self.layers))
-        head = f"{'layer':<{width}}  {'type':<8} {'params':>10} {'MACs/sample':>13} {'gamma':>8} {'weight':>9} {'bits':>4}"
+        acts = any(x.act_bits is not None for x in self.layers)
+        head = (f"{'layer':<{width}}  {'type':<8} {'params':>10} {'MACs/sample':>13} {'gamma':>8} {'weight':>9} {'bits':>4}"
+                + ("  act" if acts else ""))
         rows = [head, "-" * len(head)]
         for x in self.layers:
             mark = "*" if x.fixed else " "
@@ -207,7 +216,8 @@ class Plan:
             weight = "-" if x.weight is None else f"{x.weight:.3g}"
             rows.append(
                 f"{x.name:<{width}}  {x.kind[:8]:<8} {x.params:>10,} {x.macs:>13,} {gamma:>8} "
-                f"{weight:>9} {x.bits:>3}{mark}{tied}"
+                f"{weight:>9} {x.bits:>3}{mark}" + (f" {x.act_bits if x.act_bits is not None else '-':>4}" if acts else "")
+                + tied
             )
         t, s = self.totals, self.solver
         rows += [
@@ -219,7 +229,7 @@ class Plan:
             + (f"; scales {t.scale_bits / 8:,.0f} bytes ({self.settings.scale_bits}-bit, "
                f"{'per group of ' + str(self.settings.group_size) if self.settings.group_size else 'per channel'})"
                if t.scale_bits else ""),
-            f"BOPs      {t.bops / 1e9:.4f} G per sample (activations at {self.settings.act_bits} bits)",
+            f"BOPs      {t.bops / 1e9:.4f} G per sample (activations at {self._act_words()})",
             "budgets   " + "; ".join(b.description for b in self.budgets),
             f"solver    {s.status}, objective {s.objective:.6g}, gap {s.gap:.2%}, "
             f"{s.solve_time_s * 1e3:.1f} ms",
@@ -231,6 +241,13 @@ class Plan:
         if self.skipped:
             rows.append(f"not planned (never ran in the forward pass, kept at 32 bits): {', '.join(self.skipped)}")
         return "\n".join(rows)
+
+    def _act_words(self) -> str:
+        chosen = [x.act_bits for x in self.layers if x.act_bits is not None]
+        if not chosen:
+            return f"{self.settings.act_bits} bits"
+        counts = {a: chosen.count(a) for a in sorted(set(chosen))}
+        return "bits chosen per layer: " + ", ".join(f"{n} x A{a}" for a, n in counts.items())
 
     def _method_line(self) -> str:
         """The method, what it needed, and for "verified" which candidate won and the divergences."""

@@ -11,6 +11,12 @@ Every budget is a ``Constraint`` (``ompq_ext.constraints``), one linear constrai
 
 A constraint whose cost is linear in the bits (size, BOPs) is written over ``bits[g]``; any other
 (latency) over 0/1 variables ``is[g, b]`` (exactly one per group, ``bits_g = sum_b b * is[g, b]``).
+
+Activation bits as decisions (a group's ``act_choices``): then each group also has ``act[g]`` and 0/1
+variables ``pair[g, b, a]`` (exactly one per group, ``bits_g = sum b * pair``, ``act_g = sum a * pair``);
+a constraint whose cost depends on the activation bits (BOPs: ``macs_g * b * a``, bilinear) is written
+over the pairs, the others as above. The objective gains ``sum_g act_values[g][act_g]`` (with weights
+instead of values: ``sum_g w_g * (bits_g + act_g)``).
 Float costs are scaled by a power of two and rounded UP, the limit rounded DOWN, so an allocation
 the integer model accepts never exceeds the float budget (it is checked again with the floats
 afterwards). Each constraint is visited once in each of: the check that it can be met alone, the
@@ -85,6 +91,7 @@ class GroupSpec:
     bits: tuple[int, ...]  # allowed bit-widths (a single value = fixed), each in 1..16
     act_bits: int = 8  # activation bits, for BOPs
     layers: tuple[str, ...] = ()  # its layers' names, for per-layer tables such as latency; () means (name,)
+    act_choices: tuple[int, ...] = ()  # activation bit-widths to choose from (then act_bits is unused); () fixed
 
 
 @dataclass
@@ -101,6 +108,7 @@ class Allocation:
     latency: float | None  # sum of the latency table's entries, if a table was given
     solve_time_s: float
     costs: dict[str, float] = field(default_factory=dict)  # each constraint's kind -> the plan's cost
+    act_bits: list[int] = field(default_factory=list)  # each group's activation bits (chosen, or its fixed ones)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,6 +146,8 @@ def _validate_groups(groups: Sequence[GroupSpec]) -> list[tuple[int, ...]]:
             raise OmpqValueError(f"{where}: macs must be >= 0, got {g.macs}")
         if not 1 <= _as_int(g.act_bits, f"{where}: act_bits") <= 32:
             raise OmpqValueError(f"{where}: act_bits must be in 1..32, got {g.act_bits}")
+        if not all(1 <= _as_int(a, f"{where}: act_choices") <= 32 for a in g.act_choices):
+            raise OmpqValueError(f"{where}: act_choices must be in 1..32, got {list(g.act_choices)}")
         try:
             w = float(g.weight)
         except (TypeError, ValueError):
@@ -146,6 +156,11 @@ def _validate_groups(groups: Sequence[GroupSpec]) -> list[tuple[int, ...]]:
             raise OmpqValueError(f"{where}: weight must be finite and >= 0, got {g.weight}")
         allowed.append(bits)
     return allowed
+
+
+def _act_allowed(groups) -> list[tuple[int, ...]]:
+    """Each group's activation bits: its choices, sorted, or its fixed ``act_bits``."""
+    return [tuple(sorted({int(a) for a in g.act_choices})) or (int(g.act_bits),) for g in groups]
 
 
 def _keyword_constraints(size_budget, bops_budget, latency, latency_budget, other_bits) -> list[Constraint]:
@@ -224,8 +239,9 @@ def _size(groups, bits, other_bits=0) -> int:
     return sum(g.params * b for g, b in zip(groups, bits)) + other_bits
 
 
-def _bops(groups, bits) -> int:
-    return sum(g.macs * g.act_bits * b for g, b in zip(groups, bits))
+def _bops(groups, bits, acts=None) -> int:
+    acts = acts or [g.act_bits for g in groups]
+    return sum(g.macs * a * b for g, b, a in zip(groups, bits, acts))
 
 
 def _objective(groups, bits) -> float:
@@ -244,14 +260,21 @@ class _Costs:
     """One constraint on this problem: its cost table, and the integers the CP-SAT model uses
     (exact for integer costs; float costs scaled by a power of two, rounded up, the limit down)."""
 
-    def __init__(self, constraint: Constraint, groups, allowed):
+    def __init__(self, constraint: Constraint, groups, allowed, act_allowed=None):
         self.constraint = constraint
-        self.table = constraint.costs(groups, allowed)
-        for g, bits, row in zip(groups, allowed, self.table):
-            if not all(b in row and isinstance(row[b], (int, float)) for b in bits):
+        # joint: activation bits are decisions and this cost depends on them: rows keyed by (bits, act bits)
+        self.joint = act_allowed is not None and constraint.uses_act_bits
+        if self.joint:
+            self.table = constraint.joint_costs(groups, allowed, act_allowed)
+            keys = [[(b, a) for b in bits for a in acts] for bits, acts in zip(allowed, act_allowed)]
+        else:
+            self.table = constraint.costs(groups, allowed)
+            keys = allowed
+        for g, want, row in zip(groups, keys, self.table):
+            if not all(k in row and isinstance(row[k], (int, float)) for k in want):
                 raise OmpqValueError(f"the {constraint.kind} constraint gives group {g.name!r} no numeric cost for "
-                                     f"some of its bits {list(bits)}")
-        self.coefficients = constraint.coefficients(groups)
+                                     f"some of its bits {list(want)}")
+        self.coefficients = None if self.joint else constraint.coefficients(groups)
         limit = constraint.limit - constraint.fixed_cost
         if isinstance(limit, int) and all(isinstance(c, int) for row in self.table for c in row.values()):
             self.int_table, self.int_limit = self.table, limit
@@ -262,16 +285,18 @@ class _Costs:
             self.int_limit = math.floor(Fraction(limit) * scale)
             self.coefficients = None  # scaled: no longer exactly c_g * bits
 
-    def of(self, bits):
+    def of(self, bits, acts=None):
         """The plan's cost, fixed cost included (float costs summed exactly rounded)."""
-        values = [row[b] for row, b in zip(self.table, bits)]
+        keys = list(zip(bits, acts)) if self.joint else bits
+        values = [row[k] for row, k in zip(self.table, keys)]
         if all(isinstance(v, int) for v in values):
             return sum(values) + self.constraint.fixed_cost
         return math.fsum(values + [self.constraint.fixed_cost])
 
     def check_alone(self):
         """Raise the constraint's own error if no allocation meets it, even alone."""
-        smallest = self.of([min(row, key=row.get) for row in self.table])
+        cheapest = [min(row, key=row.get) for row in self.table]
+        smallest = self.of(*zip(*cheapest)) if self.joint else self.of(cheapest)
         if smallest > self.constraint.limit or sum(min(row.values()) for row in self.int_table) > self.int_limit:
             raise self.constraint.infeasible(smallest)
 
@@ -283,7 +308,7 @@ class _Costs:
 class _Model:
     """The CP-SAT model: bit variables, one constraint per budget, and the expressions the stages use."""
 
-    def __init__(self, groups, allowed, costs: list[_Costs]):
+    def __init__(self, groups, allowed, costs: list[_Costs], act_allowed=None):
         from ortools.sat.python import cp_model
 
         self.cp_model = cp_model
@@ -293,12 +318,24 @@ class _Model:
             m.new_int_var_from_domain(cp_model.Domain.from_values(bits), f"bits[{g.name}]")
             for g, bits in zip(groups, allowed)
         ]
+        self.acts, self.pairs = [], []  # with activation bits as decisions: act[g] and the 0/1 pair[g, b, a]
+        if act_allowed is not None:
+            for g, var, bits, acts in zip(groups, self.bits, allowed, act_allowed):
+                act = m.new_int_var_from_domain(cp_model.Domain.from_values(acts), f"act[{g.name}]")
+                row = {(b, a): m.new_bool_var(f"pair[{g.name},{b},{a}]") for b in bits for a in acts}
+                m.add_exactly_one(row.values())
+                m.add(var == cp_model.LinearExpr.weighted_sum(list(row.values()), [b for b, _ in row]))
+                m.add(act == cp_model.LinearExpr.weighted_sum(list(row.values()), [a for _, a in row]))
+                self.acts.append(act)
+                self.pairs.append(row)
         self.params = [g.params for g in groups]
         self.names = [g.name for g in groups]
         self.allowed = allowed
         self._chosen = None
-        # Stage 2 maximises the size used, whatever the budgets: it must fit 64-bit integers.
-        self.size = cp_model.LinearExpr.weighted_sum(self.bits, self.params)
+        # Stage 2 maximises the size used, whatever the budgets: it must fit 64-bit integers. (Over the pairs
+        # where there are pairs: every term of the model on one set of choice variables keeps it fast.)
+        self.size = (self.pair_expr([{(b, a): p * b for b, a in pairs} for pairs, p in zip(self.pairs, self.params)])
+                     if self.pairs else cp_model.LinearExpr.weighted_sum(self.bits, self.params))
         self._check_fits(self.params, "size")
         for c in costs:
             self._add(c)
@@ -313,7 +350,9 @@ class _Model:
         return largest
 
     def _add(self, c: _Costs):
-        if c.coefficients is not None:
+        if c.joint:
+            self.model.add(self.pair_expr(c.int_table) <= c.int_limit)
+        elif c.coefficients is not None:
             expr = self.cp_model.LinearExpr.weighted_sum(self.bits, c.coefficients)
             if c.int_limit < self._check_fits(c.coefficients, c.constraint.kind):  # else it cannot bind
                 self.model.add(expr <= c.int_limit)
@@ -332,8 +371,23 @@ class _Model:
                 self._chosen.append(row)
         return self._chosen
 
+    def pair_expr(self, table):
+        """sum_g table[g][(bits_g, act_g)] over the pair variables."""
+        terms, coefs = [], []
+        for row_vars, row in zip(self.pairs, table):
+            terms += list(row_vars.values())
+            coefs += [row[k] for k in row_vars]
+        return self.cp_model.LinearExpr.weighted_sum(terms, coefs)
+
+    def act_expr(self, table):
+        """sum_g table[g][act_g] over the pair variables."""
+        return self.pair_expr([{(b, a): row[a] for b, a in pairs} for pairs, row in zip(self.pairs, table)])
+
     def table_expr(self, table):
-        """sum_g table[g][bits_g] as a linear expression over the 0/1 variables."""
+        """sum_g table[g][bits_g] as a linear expression over the 0/1 variables (the pairs', where there are
+        pairs: one set of choice variables keeps the relaxation of the multiple-choice problem tight)."""
+        if self.pairs:
+            return self.pair_expr([{(b, a): row[b] for b, a in pairs} for pairs, row in zip(self.pairs, table)])
         terms, coefs = [], []
         for row_vars, bits, row in zip(self.chosen(), self.allowed, table):
             terms += row_vars
@@ -354,20 +408,23 @@ class _Model:
             solver.parameters.cp_model_presolve = False
             solver.parameters.symmetry_level = 0
             solver.parameters.max_deterministic_time = _TIE_BREAK_DTIME
-        else:
+        elif not self.pairs:
             # Skips presolve's dual reductions, which cost more than they save on this model
-            # (measured: 1024 groups x 7 bits, 0.2 s instead of 0.9 s).
+            # (measured: 1024 groups x 7 bits, 0.2 s instead of 0.9 s). With activation bits as decisions
+            # they are what makes the pair model fast (16 groups x 7 bits x 2 act bits: 0.02 s instead of
+            # no proof of optimality in 30 s).
             solver.parameters.keep_all_feasible_solutions_in_presolve = True
         status = solver.solve(self.model)
         return solver.status_name(status), solver
 
     def values(self, solver):
-        return [int(solver.value(v)) for v in self.bits]
+        """(bits, activation bits) of the solution; no activation bits where they are not decisions."""
+        return [int(solver.value(v)) for v in self.bits], [int(solver.value(v)) for v in self.acts]
 
 
 def _solve_stages(mdl, objective, int_objective, deadline):
-    """Run the three stages on the integer ``objective`` expression (``int_objective(bits)`` is
-    its exact value for a bit vector); return (status of stage 1, bits or None, integer bound)."""
+    """Run the three stages on the integer ``objective`` expression (``int_objective(bits, acts)`` is
+    its exact value for a solution); return (status of stage 1, (bits, acts) or None, integer bound)."""
     cp_model = mdl.cp_model
     m = mdl.model
 
@@ -377,31 +434,32 @@ def _solve_stages(mdl, objective, int_objective, deadline):
     status, solver = mdl.run(deadline - time.perf_counter())
     if status not in ("OPTIMAL", "FEASIBLE"):
         return status, None, None
-    bits = mdl.values(solver)
+    found = mdl.values(solver)
     if status != "OPTIMAL":
-        return status, bits, solver.best_objective_bound
-    best = int_objective(bits)  # exact, unlike solver.objective_value
+        return status, found, solver.best_objective_bound
+    best = int_objective(*found)  # exact, unlike solver.objective_value
 
     # Stage 2: objective fixed at its optimum, use as much of the size as possible.
     m.add(objective >= best)
     m.maximize(mdl.size)
     m.clear_hints()
-    for var, b in zip(mdl.bits, bits):
+    for var, b in zip(mdl.bits + mdl.acts, found[0] + found[1]):
         m.add_hint(var, b)
     status, solver = mdl.run(deadline - time.perf_counter())
     if status != "OPTIMAL":
-        return "OPTIMAL", (mdl.values(solver) if status == "FEASIBLE" else bits), best
-    bits = mdl.values(solver)
+        return "OPTIMAL", (mdl.values(solver) if status == "FEASIBLE" else found), best
+    found = mdl.values(solver)
 
-    # Stage 3: both fixed, the lexicographically largest bit vector (if found within its cap).
-    m.add(mdl.size == sum(p * b for p, b in zip(mdl.params, bits)))
+    # Stage 3: both fixed, the lexicographically largest bit vector (then activation bits), if found
+    # within its cap.
+    m.add(mdl.size == sum(p * b for p, b in zip(mdl.params, found[0])))
     m.clear_objective()
     m.clear_hints()
-    m.add_decision_strategy(mdl.bits, cp_model.CHOOSE_FIRST, cp_model.SELECT_MAX_VALUE)
+    m.add_decision_strategy(mdl.bits + mdl.acts, cp_model.CHOOSE_FIRST, cp_model.SELECT_MAX_VALUE)
     status, solver = mdl.run(deadline - time.perf_counter(), lexicographic=True)
     if status in ("OPTIMAL", "FEASIBLE"):
-        bits = mdl.values(solver)
-    return "OPTIMAL", bits, best
+        found = mdl.values(solver)
+    return "OPTIMAL", found, best
 
 
 def _no_solution_error(status, constraints, time_limit_s):
@@ -442,13 +500,13 @@ def _float_value_bound(table, ints, scale, mins, int_bound):
     return (int_bound + slack) / scale + math.fsum(mins)
 
 
-def _verify(groups, allowed, bits, costs: list[_Costs]) -> dict[str, float]:
+def _verify(groups, allowed, bits, acts, costs: list[_Costs]) -> dict[str, float]:
     """Exact check of the returned plan against every constraint; a failure is a bug, never a user error.
     Returns each constraint's cost."""
     problems = [g.name for g, b, ok in zip(groups, bits, allowed) if b not in ok]
     spent = {}
     for c in costs:
-        spent[c.constraint.kind] = value = c.of(bits)
+        spent[c.constraint.kind] = value = c.of(bits, acts)
         if value > c.constraint.limit:
             problems.append(f"{c.constraint.kind} {value!r} > {c.constraint.limit!r}")
     if problems:
@@ -461,6 +519,7 @@ def solve(
     constraints: Sequence[Constraint] = (),
     *,
     values: Sequence[Mapping[int, float]] | None = None,
+    act_values: Sequence[Mapping[int, float]] | None = None,
     other_bits: int = 0,
     size_budget_bits: int | None = None,
     bops_budget: int | None = None,
@@ -480,6 +539,10 @@ def solve(
     then sum_g values[g][bits_g] and the groups' weights are ignored. A cost to minimise (a
     sensitivity, a loss increase) is given as its negative.
 
+    Groups with ``act_choices`` choose their activation bits too (BOPs cost ``macs * bits * act``);
+    ``act_values``: one mapping activation bit-width -> value per group, added to the objective
+    (with weights instead of values, each group's weight multiplies ``bits + act``).
+
     ``other_bits``: bits of the parameters outside the groups, counted in the reported
     ``size_bits`` (and in the ``size_budget_bits`` shorthand). A ``latency`` table without a
     budget is only reported. Raises ``InfeasibleBudgetError`` when no allocation meets the
@@ -488,11 +551,15 @@ def solve(
     """
     start = time.perf_counter()
     allowed = _validate_groups(groups)
+    act_allowed = _act_allowed(groups)
+    joint = any(len(acts) > 1 for acts in act_allowed)  # activation bits are decisions too
+    if act_values is not None and not joint:
+        raise OmpqValueError("act_values scores activation bits, but no group has act_choices to choose from")
     other_bits = check_limit(other_bits, "other_bits")
     constraints = _validate_constraints(
         _as_list(constraints) + _keyword_constraints(size_budget_bits, bops_budget, latency, latency_budget, other_bits))
     weight_resolution = _validate_options(time_limit_s, weight_resolution, len(groups))
-    costs = [_Costs(c, groups, allowed) for c in constraints]
+    costs = [_Costs(c, groups, allowed, act_allowed if joint else None) for c in constraints]
     report_latency = None
     if latency is not None and latency_budget is None:
         report_latency = _Costs(LatencyConstraint(latency, 0.0), groups, allowed)
@@ -500,39 +567,56 @@ def solve(
         c.check_alone()
 
     value_table = None if values is None else _value_table(groups, allowed, values)
+    act_table = (None if act_values is None
+                 else per_bit_table(groups, act_allowed, act_values, "act_values", "value", nonnegative=False))
 
-    mdl = _Model(groups, allowed, costs)
+    mdl = _Model(groups, allowed, costs, act_allowed if joint else None)
     if value_table is None:
         weights = integer_weights(groups, weight_resolution)
-        expr = mdl.cp_model.LinearExpr.weighted_sum(mdl.bits, weights)
-        status, bits, int_bound = _solve_stages(
-            mdl, expr, lambda bits: sum(w * b for w, b in zip(weights, bits)), start + time_limit_s)
-    else:
-        ints, scale, mins = _integer_values(value_table, weight_resolution)
-        status, bits, int_bound = _solve_stages(
-            mdl, mdl.table_expr(ints), lambda bits: sum(row[b] for row, b in zip(ints, bits)),
+        if joint:
+            expr = mdl.pair_expr([{(b, a): w * (b + a) for b, a in pairs} for pairs, w in zip(mdl.pairs, weights)])
+        else:
+            expr = mdl.cp_model.LinearExpr.weighted_sum(mdl.bits, weights)
+        status, found, int_bound = _solve_stages(
+            mdl, expr, lambda bits, acts: sum(w * (b + a) for w, b, a in zip(weights, bits, acts or [0] * len(bits))),
             start + time_limit_s)
-    if bits is None:
-        raise _no_solution_error(status, constraints, time_limit_s)
-
-    spent = _verify(groups, allowed, bits, costs)
-    if value_table is None:
-        objective = _objective(groups, bits)
     else:
-        objective = math.fsum(row[b] for row, b in zip(value_table, bits))
+        rows = value_table + (act_table or [])  # one scale for both tables: their values stay comparable
+        ints, scale, mins = _integer_values(rows, weight_resolution)
+        expr = mdl.table_expr(ints[:len(groups)])
+        if act_table is not None:
+            expr = expr + mdl.act_expr(ints[len(groups):])
+
+        def int_objective(bits, acts):
+            return (sum(row[b] for row, b in zip(ints, bits))
+                    + sum(row[a] for row, a in zip(ints[len(groups):], acts)))
+        status, found, int_bound = _solve_stages(mdl, expr, int_objective, start + time_limit_s)
+    if found is None:
+        raise _no_solution_error(status, constraints, time_limit_s)
+    bits, acts = found
+    acts = acts or [a[0] for a in act_allowed]
+
+    spent = _verify(groups, allowed, bits, acts, costs)
+    if value_table is None:
+        objective = _objective(groups, bits) + (_objective(groups, acts) if joint else 0.0)
+    else:
+        objective = math.fsum([row[b] for row, b in zip(value_table, bits)]
+                              + [row[a] for row, a in zip(act_table or [], acts)])
     if status == "OPTIMAL":
         bound, gap = objective, 0.0
     else:
         if value_table is None:
-            int_to_float = _float_bound(groups, allowed, weights, int_bound, weight_resolution)
+            spans = [tuple(b + (a if joint else 0) for b in bits for a in acts)
+                     for bits, acts in zip(allowed, act_allowed)]
+            int_to_float = _float_bound(groups, spans, weights, int_bound, weight_resolution)
         else:
-            int_to_float = _float_value_bound(value_table, ints, scale, mins, int_bound)
+            int_to_float = _float_value_bound(rows, ints, scale, mins, int_bound)
         bound = max(objective, int_to_float)
         gap = (bound - objective) / max(abs(bound), 1e-12)
     lat = spent.get("latency", None if report_latency is None else report_latency.of(bits))
     return Allocation(bits=bits, status=status, objective=objective, bound=bound, gap=gap,
-                      size_bits=_size(groups, bits, other_bits), bops=_bops(groups, bits), latency=lat,
-                      solve_time_s=time.perf_counter() - start, costs=spent)
+                      size_bits=_size(groups, bits, other_bits), bops=_bops(groups, bits, acts), latency=lat,
+                      solve_time_s=time.perf_counter() - start, costs=spent, act_bits=acts)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ class Scores:
 
     weights: dict[str, float] | None = None  # objective weight per layer (finite, >= 0)
     values: dict[str, dict[int, float]] | None = None  # objective value per layer and bit-width
+    # where activation bits are chosen too (plan(act_bits=(4, 8))): the value of each layer's input at each
+    # activation bit-width, added to ``values`` (weights instead score bits + act bits alike)
+    act_values: dict[str, dict[int, float]] | None = None
     # Recorded in the plan where the method measures them (OMPQ's orthogonality):
     gamma: dict[str, float] | None = None
     log_theta: dict[str, float] | None = None
@@ -40,7 +43,7 @@ class Scores:
         if (self.weights is None) == (self.values is None):
             raise OmpqValueError(f"the {method!r} allocator must score the layers with weights or values, "
                                  f"exactly one of them")
-        for what in ("weights", "values", "gamma", "log_theta"):
+        for what in ("weights", "values", "act_values", "gamma", "log_theta"):
             table = getattr(self, what)
             missing = [] if table is None else [n for n in names if n not in table]
             if missing:
@@ -65,6 +68,7 @@ class ScoringInput:
     solve: Callable[[Scores], dict[str, int]] | None = None
     progress: object = None  # plan()'s progress argument, for allocators with long work of their own
     shared: dict = field(default_factory=dict)  # work that allocators of one plan() call share (quantized weights)
+    act_bits: tuple[int, ...] = ()  # the activation bit-widths every layer chooses from; () where they are fixed
 
 
 class Allocator(ABC):
@@ -73,6 +77,7 @@ class Allocator(ABC):
     name: str = ""  # recorded as the plan's method
     default_samples: int = 32  # plan()'s num_samples when the caller gives none
     min_samples: int = 2  # planning proceeds from this many samples when the loader has fewer than asked
+    scores_act_bits: bool = False  # whether it scores activation bits (act_values, or weights: bits + act bits)
     feature_point: str = "output"  # which tensor the collectors get: each layer's "output" or the next "activation"'s
 
     def check(self, num_samples: int) -> None:

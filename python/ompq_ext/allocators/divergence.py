@@ -12,6 +12,11 @@ dimension being the one compared):
 * ``"mse"``: mean squared difference over the FP32 output's mean square;
 * ``"auto"``: ``"cosine"`` where the output is an embedding (``sentence_embedding``,
   ``pooler_output``, ``last_hidden_state``, ``embeddings``), else ``"kl"``.
+
+Activation bits (where a plan chooses them): the input of each planned layer its module calls
+(Linear, Conv, GPT-2's Conv1D) is quantized per tensor at its bits on the range ``quantize()``'s
+calibration would fit on these samples (MSE, padded positions left out); the inputs of weights used
+through functional calls stay in float here.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from ..errors import OmpqTypeError, OmpqValueError, check_choice
 from ..guard import untouched
 from ..inputs import call_model, first_tensor
 from ..layers import Layer
+from ..quant.ops import fake_quantize
+from ..quant.padding import padding_mask, valid_rows
+from ..quant.scales import activation_scale
 
 DIVERGENCES = ("auto", "kl", "cosine", "mse")
 _OUTPUT_KEYS = ("logits", "sentence_embedding", "pooler_output", "last_hidden_state", "embeddings")
@@ -104,18 +112,24 @@ class OutputDivergence:
         if computed:
             warnings.warn(f"{len(computed)} planned weight(s) are computed at each call (e.g. a parametrization) and "
                           f"stay FP32 when the candidate plans are compared: {', '.join(computed[:8])}", stacklevel=4)
+        self.layers = layers
         self.like = [layer.weight for layer in layers]  # dtype and device of what a replacement stands for
         self.forward_passes = 0
         self.reference, key = self._outputs({})
         self.kind = divergence if divergence != "auto" else "cosine" if key in _EMBEDDING_KEYS else "kl"
 
     @torch.no_grad()
-    def _outputs(self, weights: dict[int, torch.Tensor]):
+    def _outputs(self, weights: dict[int, torch.Tensor], act_bits: dict[int, int] | None = None):
         args, kwargs = self.samples
         self.forward_passes += 1
-        swapped = []
-        with untouched(self.model):
+        swapped, hooks = [], []
+        with untouched(self.model), padding_mask(args, kwargs):
             try:
+                for i, a in (act_bits or {}).items():
+                    layer = self.layers[i]
+                    if layer.attr == "weight" and (isinstance(layer.module, _CALLED)
+                                                   or type(layer.module).__name__ == "Conv1D"):
+                        hooks.append(layer.module.register_forward_pre_hook(_input_quantizer(a)))
                 for i, w in weights.items():
                     w = w.to(dtype=self.like[i].dtype, device=self.like[i].device)
                     for module, store, name in self.owners[i]:
@@ -126,8 +140,29 @@ class OutputDivergence:
             finally:
                 for module, store, name, original in reversed(swapped):
                     getattr(module, store)[name] = original
+                for h in hooks:
+                    h.remove()
         return _output_tensor(output, self.output_fn)
 
-    def __call__(self, weights: dict[int, torch.Tensor]) -> float:
-        out, _ = self._outputs(weights)
+    def __call__(self, weights: dict[int, torch.Tensor], act_bits: dict[int, int] | None = None) -> float:
+        out, _ = self._outputs(weights, act_bits)
         return _divergence(self.kind, out, self.reference)
+
+
+_CALLED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_MAX_RANGE_SAMPLES = 1 << 18  # values a range is fitted to (ActQuantizer keeps as many)
+
+
+def _input_quantizer(bits: int):
+    """A forward pre-hook quantizing the module's first input per tensor at ``bits``, on the MSE range of
+    its values at the real positions (a fixed-stride subsample of them, as calibration keeps)."""
+    def hook(_module, args):
+        x = args[0]
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return None
+        values = valid_rows(x).detach().float().reshape(-1)
+        sample = values[:: max(1, values.numel() // _MAX_RANGE_SAMPLES)][:_MAX_RANGE_SAMPLES]
+        scale, signed = activation_scale(sample, bits, "mse", float(values.min()), float(values.max()))
+        q = fake_quantize(x.float().contiguous(), torch.tensor([scale], device=x.device), bits=bits, signed=signed)
+        return (q.to(x.dtype), *args[1:])
+    return hook

@@ -13,11 +13,12 @@ from .base import Allocator, Scores, ScoringInput
 class GivenScores(Allocator):
     """``weights``: {layer name: weight >= 0} (maximise sum weight * bits), or ``values``:
     {layer name: {bits: value}} (maximise sum value(bits); give a cost as its negative), covering
-    every planned layer. ``name``: the method recorded in the plan; ``settings``: anything worth
-    recording with it (JSON values)."""
+    every planned layer. ``act_values``: {layer name: {activation bits: value}}, the activation term
+    where plan(act_bits=(...)) chooses them (with weights, weight * (bits + act bits) needs none).
+    ``name``: the method recorded in the plan; ``settings``: anything worth recording with it (JSON values)."""
 
-    def __init__(self, weights: Mapping | None = None, values: Mapping | None = None, *, name: str = "given",
-                 settings: Mapping | None = None):
+    def __init__(self, weights: Mapping | None = None, values: Mapping | None = None, *, act_values: Mapping | None = None,
+                 name: str = "given", settings: Mapping | None = None):
         if (weights is None) == (values is None):
             raise OmpqValueError("GivenScores takes weights={layer: weight} or values={layer: {bits: value}}, "
                                  "exactly one of them")
@@ -28,6 +29,10 @@ class GivenScores(Allocator):
         self.weights = None if weights is None else {n: _number(w, f"the weight of layer {n!r}", nonnegative=True)
                                                      for n, w in weights.items()}
         self.values = None if values is None else {n: _row(n, row) for n, row in values.items()}
+        if act_values is not None and not isinstance(act_values, Mapping):
+            raise OmpqTypeError("GivenScores: act_values must be a dict keyed by layer name")
+        self.act_values = None if act_values is None else {n: _row(n, row) for n, row in act_values.items()}
+        self.scores_act_bits = self.weights is not None or self.act_values is not None
         self.name = name
         self._settings = dict(settings or {})
 
@@ -38,7 +43,9 @@ class GivenScores(Allocator):
             raise OmpqValueError(f"GivenScores has no score for the planned layer(s) {', '.join(map(repr, missing))}")
         names = [x.name for x in data.layers]
         if self.values is not None:
-            return Scores(values={n: self.values[n] for n in names})
+            acts = None if self.act_values is None or not data.act_bits else {n: self.act_values[n] for n in names
+                                                                             if n in self.act_values}
+            return Scores(values={n: self.values[n] for n in names}, act_values=acts)
         return Scores(weights={n: self.weights[n] for n in names})
 
     def settings(self) -> dict:

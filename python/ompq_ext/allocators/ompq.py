@@ -25,7 +25,9 @@ DEFAULT_OBJECTIVE = "layer"
 
 
 class OMPQ(Allocator):
-    """Orthogonality of each layer's features to every other layer's -> objective weights.
+    """Orthogonality of each layer's features to every other layer's -> objective weights. Where the
+    activation bits are chosen too, a layer's weight multiplies its weight bits + activation bits (its
+    importance applies to both: the paper plans weights alone).
 
     beta: sharpness of theta_i = exp(-beta * gamma_i). objective: "layer" (theta_i alone) or
     "suffix_mean" (the reference code: the mean of theta over layer i and every later layer).
@@ -34,6 +36,7 @@ class OMPQ(Allocator):
     """
 
     name = "ompq"
+    scores_act_bits = True
     min_samples = 4  # fewer samples leave the centred Grams too little room to tell layers apart
 
     def __init__(self, *, beta: float = DEFAULT_BETA, objective: str = DEFAULT_OBJECTIVE,

@@ -14,6 +14,16 @@ Hessian), estimated from the sample of rows. ``normalize="output"`` divides it b
 output energy (1/N) sum ||W_i x||^2 (a noise-to-signal ratio); ``"none"`` keeps it as it is. The
 solver minimises the sum over the planned weights.
 
+Where the activation bits are chosen too (``plan(act_bits=(4, 8))``), activation bit-width a of
+weight i's input costs in the same units the error quantizing its input rows (per tensor, the MSE
+range of ``quantize()``'s calibration, fitted to the rows) causes in its float output,
+
+    e_i(a) = (1/N) sum over its uses and rows x of ||W_i (Q_a(x) - x)||^2,
+
+and the solver minimises sum_i e_i(b_i) + e_i(a_i): the two errors are taken as additive (their cross
+term averages out when the rounding errors of weights and inputs are uncorrelated). A weight whose
+uses have no rows gets no activation cost (every a ties; the solver then takes the largest).
+
 A weight whose uses have no rows (a module of the user's own ``layer_types``, seen through its output)
 is costed by its relative weight error times its output energy.
 """
@@ -25,6 +35,8 @@ import weakref
 import torch
 
 from ..errors import OmpqValueError, check_choice
+from ..quant.ops import fake_quantize
+from ..quant.scales import activation_scale
 from ..weight_ops import WeightForm
 from .base import Allocator, Scores, ScoringInput
 from .perturbation import QuantizedWeights, check_weight_scale
@@ -80,6 +92,18 @@ class InputRows:
         self._tables[key] = (signal, errors)
         return signal, {b: errors[b] for b in bits}
 
+    def act_table(self, i: int, k: int, weights: QuantizedWeights, act_bits) -> dict[int, float]:
+        """{a: error} of planned weight ``k``'s input (layer ``i`` of the pass) quantized at ``a`` bits."""
+        key = ("act", i)
+        errors = self._tables.get(key, {})
+        for a in act_bits:
+            if a not in errors:
+                errors[a] = sum(scale * float(torch.einsum("kgd,god->kgo", _quantized_rows(rows, a) - rows,
+                                                           form.matrix(weights.float[k].cpu())).double().square().sum())
+                                for form, rows, scale in self.uses[i]) / self.n
+        self._tables[key] = errors
+        return {a: errors[a] for a in act_bits}
+
     def error(self, i: int, delta: torch.Tensor) -> float:
         """(1/N) sum over weight i's uses of ||delta x||^2 over every row (estimated from the sample)."""
         total = 0.0
@@ -87,6 +111,12 @@ class InputRows:
             out = torch.einsum("kgd,god->kgo", rows, form.matrix(delta.cpu()))
             total += scale * float(out.double().square().sum())
         return total / self.n
+
+
+def _quantized_rows(rows: torch.Tensor, bits: int) -> torch.Tensor:
+    """The rows quantized per tensor at ``bits``, on the MSE range fitted to them (as calibration does)."""
+    scale, signed = activation_scale(rows.reshape(-1), bits, "mse")
+    return fake_quantize(rows.contiguous(), torch.tensor([scale]), bits=bits, signed=signed)
 
 
 class OutputError(Allocator):
@@ -98,6 +128,7 @@ class OutputError(Allocator):
     """
 
     name = "output_error"
+    scores_act_bits = True
     min_samples = 1
 
     def __init__(self, *, normalize: str = "none", max_rows: int = 512, weight_scale: str = "mse", seed: int = 0):
@@ -116,12 +147,15 @@ class OutputError(Allocator):
     def scores(self, data: ScoringInput) -> Scores:
         rows = next(c for c in data.collectors if isinstance(c, InputRows))
         weights = QuantizedWeights.shared(data, self.weight_scale)
-        values = {}
+        values, act_values = {}, {}
         for k, (i, layer) in enumerate(zip(data.indices, data.layers)):
             signal, errors = rows.table(i, k, weights, data.allowed[layer.name])
             scale = 1.0 / signal if self.normalize == "output" and signal > 0 else 1.0
             values[layer.name] = {b: -e * scale for b, e in errors.items()}
-        return Scores(values=values)
+            if data.act_bits:
+                act_errors = rows.act_table(i, k, weights, data.act_bits) if layer.kind != "Embedding" else {}
+                act_values[layer.name] = {a: -act_errors.get(a, 0.0) * scale for a in data.act_bits}
+        return Scores(values=values, act_values=act_values or None)
 
     def settings(self) -> dict:
         return {"normalize": self.normalize, "max_rows": self.max_rows, "weight_scale": self.weight_scale,

@@ -45,6 +45,7 @@ class Verified(Allocator):
     """
 
     name = "verified"
+    scores_act_bits = True
     # The divergences of the candidates are heavy-tailed over samples: on 32 they picked uniform precision
     # over a plan 8 points more accurate on test data (Fashion-MNIST), on 128 the test ranking (docs/QUALITY.md).
     default_samples = 128
@@ -87,25 +88,48 @@ class Verified(Allocator):
                 seen[key] = self._slices[-1]
         return out
 
-    def _proposals(self, data: ScoringInput) -> tuple[list[tuple[str, dict[str, int]]], dict]:
-        """(label, bits per layer) of every candidate, and what scoring them cost."""
+    def _proposals(self, data: ScoringInput) -> tuple[list[tuple[str, dict[str, tuple]]], dict]:
+        """(label, {layer: (bits, activation bits or None)}) of every candidate, and what scoring them cost.
+        Where activation bits are chosen, each candidate also proposes its plan at every one activation
+        bit-width (the weight-only plans), and uniform precision its highest bits at each: the candidates
+        hold those of every weight-only plan, so the winner diverges no more than any of them."""
+        joint = bool(data.act_bits)
         proposals, cost = [], {"forward_passes": 0, "backward_passes": 0, "labels": False, "gradients": False}
+
+        def solved(scores, **fixed):
+            plan = data.solve(scores, with_act=True, **fixed)
+            return {n: (b, a if joint else None) for n, (b, a) in plan.items()}
+
         for c, part in zip(self.candidates, self._slices):
             scores = c.scores(dataclasses.replace(data, collectors=data.collectors[part]))
-            proposals.append((label(c), data.solve(scores)))
+            proposals.append((label(c), solved(scores)))
+            for a in data.act_bits:
+                proposals.append((f"{label(c)} A{a}", solved(scores, fixed_act=a)))
             for k, v in (scores.cost or {}).items():  # passes add up; needs (labels, gradients) are any one's
                 if isinstance(v, bool):
                     cost[k] = cost.get(k, False) or v
                 elif isinstance(v, int):
                     cost[k] = cost.get(k, 0) + v
         if self.uniform:
-            names = [x.name for x in data.layers]
-            for b in sorted(data.bits, reverse=True):  # the highest b that every free layer can take
-                bits = data.solve(Scores(values={n: {a: float(a == b) for a in data.allowed[n]} for n in names}))
-                if all(bits[n] == b for n in names if len(data.allowed[n]) > 1):
-                    proposals.append((f"uniform {b}", bits))
-                    break
+            proposals += self._uniform(data, solved)
         return proposals, cost
+
+    def _uniform(self, data: ScoringInput, solved) -> list[tuple[str, dict[str, tuple]]]:
+        """The highest uniform bits that fit, at each activation bit-width where those are chosen (so the
+        candidates include every weight-only plan's uniform candidate)."""
+        names = [x.name for x in data.layers]
+        free = [n for n in names if len(data.allowed[n]) > 1]
+        out = []
+        for a in sorted(data.act_bits, reverse=True) or [None]:
+            for b in sorted(data.bits, reverse=True):  # the highest b that every free layer can take
+                scores = Scores(values={n: {x: float(x == b) for x in data.allowed[n]} for n in names},
+                                act_values=None if a is None else {n: {x: float(x == a) for x in data.act_bits}
+                                                                   for n in names})
+                plan = solved(scores)
+                if all(plan[n][0] == b for n in free) and (a is None or all(plan[n][1] == a for n in names)):
+                    out.append((f"uniform {b}" + (f" A{a}" if a is not None else ""), plan))
+                    break
+        return out
 
     def scores(self, data: ScoringInput) -> Scores:
         if data.solve is None:
@@ -118,17 +142,22 @@ class Verified(Allocator):
         measured: dict[tuple, float] = {}
         self.results = []
         with progress_bar(len(proposals), "verified: candidate plans", "forward", data.progress) as bar:
-            for name, bits in proposals:
-                key = tuple(bits[x.name] for x in data.layers)
+            for name, plan in proposals:
+                key = tuple(plan[x.name] for x in data.layers)
                 if key not in measured:  # identical plans are measured once
-                    measured[key] = compare({k: weights.quantized(k, bits[x.name]) for k, x in enumerate(data.layers)})
+                    measured[key] = compare({k: weights.quantized(k, plan[x.name][0]) for k, x in enumerate(data.layers)},
+                                            {k: plan[x.name][1] for k, x in enumerate(data.layers)
+                                             if plan[x.name][1] is not None})
                 self.results.append((name, measured[key]))
                 bar.update(1)
         best = min(range(len(proposals)), key=lambda k: self.results[k][1])  # the first on a tie
         self.chosen, chosen = proposals[best]
         cost["forward_passes"] += compare.forward_passes
-        values = {x.name: {b: float(b == chosen[x.name]) for b in data.allowed[x.name]} for x in data.layers}
-        return Scores(values=values, cost=cost)
+        values = {x.name: {b: float(b == chosen[x.name][0]) for b in data.allowed[x.name]} for x in data.layers}
+        act_values = None
+        if data.act_bits:
+            act_values = {x.name: {a: float(a == chosen[x.name][1]) for a in data.act_bits} for x in data.layers}
+        return Scores(values=values, act_values=act_values, cost=cost)
 
     def settings(self) -> dict:
         return {"candidates": [label(c) for c in self.candidates], "uniform": self.uniform,

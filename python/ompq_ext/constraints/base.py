@@ -28,11 +28,18 @@ class Constraint(ABC):
 
     kind: str = ""  # "size", "bops", "latency", ...: names the budget in messages and plan records
     limit: Real  # the bound, in the constraint's own unit
+    uses_act_bits: bool = False  # whether the cost depends on the activation bits (then ``joint_costs``)
     fixed_cost: Real = 0  # what the plan cannot change (size: the parameters outside the planned layers)
 
     @abstractmethod
     def costs(self, groups, allowed) -> list[dict[int, Real]]:
         """Per group, its cost at each of its allowed bit-widths (``allowed[g]``, sorted)."""
+
+    def joint_costs(self, groups, allowed, act_allowed) -> list[dict[tuple[int, int], Real]]:
+        """Per group, its cost at each (weight bits, activation bits) pair, where activation bits are chosen
+        too (``act_allowed[g]``); by default the cost of the weight bits alone."""
+        return [{(b, a): row[b] for b in bits for a in acts}
+                for row, bits, acts in zip(self.costs(groups, allowed), allowed, act_allowed)]
 
     def coefficients(self, groups) -> list[int] | None:
         """For a cost linear in the bits (``cost_g(b) == c_g * b`` exactly, integers): the ``c_g``,

@@ -9,12 +9,17 @@ class BopsConstraint(Constraint):
     """At most ``limit`` BOPs per input sample."""
 
     kind = "bops"
+    uses_act_bits = True
 
     def __init__(self, limit: int):
         self.limit = check_limit(limit, "BOPs limit")
 
     def costs(self, groups, allowed):
         return [{b: g.macs * g.act_bits * b for b in bits} for g, bits in zip(groups, allowed)]
+
+    def joint_costs(self, groups, allowed, act_allowed):
+        return [{(b, a): g.macs * a * b for b in bits for a in acts}
+                for g, bits, acts in zip(groups, allowed, act_allowed)]
 
     def coefficients(self, groups):
         return [g.macs * g.act_bits for g in groups]

@@ -67,6 +67,17 @@ def _resolve_act_bits(act_bits, plan) -> int | None:
     return act_bits
 
 
+def _layer_act_bits(act_bits, plan) -> dict[str, int | None]:
+    """Each planned layer's input bits (None: float): ``act_bits`` for all where given, else the plan's
+    (its per-layer choices where it made them)."""
+    if act_bits is not None:
+        act = _resolve_act_bits(act_bits, plan)
+        return {x.name: act for x in plan.layers}
+    fixed = plan.settings.act_bits
+    default = _resolve_act_bits(fixed, plan) if isinstance(fixed, int) else None
+    return {x.name: _resolve_act_bits(x.act_bits, plan) if x.act_bits is not None else default for x in plan.layers}
+
+
 def _gather(calib, num_calib, input_fn):
     """At most ``num_calib`` samples (None: NUM_CALIB); fewer if that is all ``calib`` has, with a
     warning when the caller chose ``num_calib``."""
@@ -198,7 +209,8 @@ def quantize(
         ``ompq_ext.quant.gptq.gptq`` / ``ompq_ext.quant.reconstruct.reconstruct``).
     weight_scale: "minmax" or "mse" (default) scales for the symmetric weight grid, one per output channel,
         or per group of ``group_size`` input columns (default: the plan's ``group_size``).
-    act_bits: activation bits, default the plan's (8); 0 or False quantizes weights only.
+    act_bits: activation bits for every layer's input, default the plan's (8, or each layer's where the
+        plan chose them); 0 or False quantizes weights only.
     act_calib: "minmax", "percentile", "mse" (default) range for the per-tensor input quantizers, or
         "dynamic" (per token at run time, for the inputs of linear layers; convolutions keep "mse");
         inputs that are never negative (after a ReLU) get the unsigned grid.
@@ -226,7 +238,8 @@ def quantize(
         raise OmpqValueError(f"records collects what reconstruction did; method={config.method!r} reconstructs "
                              f"nothing (use 'gptq', 'adaround' or 'brecq')")
     plan = _as_plan(plan)
-    act = _resolve_act_bits(config.act_bits, plan)
+    acts = _layer_act_bits(config.act_bits, plan)  # layer -> activation bits (None: float)
+    act = next((a for a in acts.values() if a is not None), None)  # any quantized input: calibration needed
     group_size = config.group_size if config.group_size is not None else plan.settings.group_size
     reconstructing = config.method in RECONSTRUCTION_METHODS
     calibrated = config.method in CALIBRATED_METHODS
@@ -268,8 +281,8 @@ def quantize(
             q = shared.get(id(weight))  # a weight also used by a wrapped layer (a tied embedding): one quantizer
             if q is None:
                 try:
-                    input_quantizer = (ActQuantizer(act, config.act_calib).to(weight.device)
-                                       if act is not None and layer.kind != "Embedding" else None)  # ids stay ids
+                    input_quantizer = (ActQuantizer(acts[layer.name], config.act_calib).to(weight.device)
+                                       if acts[layer.name] is not None and layer.kind != "Embedding" else None)  # ids stay ids
                     q = FunctionalWeightQuantizer(weight, layer.bits, config.weight_scale, axis=layer.channel_axis,
                                                   name=layer.name, kind=layer.kind, macs=layer.macs,
                                                   input_quantizer=input_quantizer, group_size=group_size)
@@ -280,7 +293,7 @@ def quantize(
             continue
         module = modules[layer.name]
         try:
-            ql = QuantLayer(module, layer.bits, act, weight_scale_method=config.weight_scale,
+            ql = QuantLayer(module, layer.bits, acts[layer.name], weight_scale_method=config.weight_scale,
                             act_method=config.act_calib, name=layer.name, macs=layer.macs,
                             channel_axis=layer.channel_axis, group_size=group_size)
         except OmpqError as e:

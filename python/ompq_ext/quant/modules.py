@@ -20,9 +20,8 @@ from ..errors import OmpqValueError
 from .op_inputs import mark
 from .padding import valid_rows
 from .ops import check_group_size, fake_quantize, quant_range
-from .scales import _MSE_GRID, SCALE_METHODS, channel_shape, weight_scale  # noqa: F401 (re-exported)
+from .scales import ACT_METHODS, SCALE_METHODS, activation_scale, channel_shape, weight_scale  # noqa: F401 (re-exported)
 
-ACT_METHODS = ("minmax", "percentile", "mse", "dynamic")
 
 
 class WeightQuantizer(nn.Module):
@@ -111,24 +110,8 @@ class ActQuantizer(nn.Module):
         if not self._samples:
             raise OmpqValueError("an activation quantizer saw no data during calibration; give calib data "
                                  "that reaches every planned layer")
-        self.signed = self._min < 0
-        qmin, qmax = quant_range(self.bits, self.signed)
-        samples = torch.cat(self._samples)
-        values = samples.abs() if self.signed else samples
-        top = max(abs(self._min), abs(self._max)) if self.signed else self._max
-        top = max(top, 1e-8)
-        if self.method in ("minmax", "dynamic"):
-            scale = top / qmax
-        elif self.method == "percentile":
-            k = max(1, int(0.9999 * values.numel()))
-            scale = max(values.kthvalue(k).values.item(), 1e-8) / qmax
-        else:
-            scale, best = top / qmax, math.inf
-            for ratio in _MSE_GRID:
-                s = torch.tensor([top * ratio.item() / qmax], device=samples.device)
-                err = (fake_quantize(samples, s, bits=self.bits, signed=self.signed) - samples).square().sum().item()
-                if err < best:
-                    best, scale = err, s.item()
+        scale, self.signed = activation_scale(torch.cat(self._samples), self.bits, self.method, self._min, self._max)
+        qmax = quant_range(self.bits, self.signed)[1]
         self.scale.copy_(torch.tensor([scale]))
         self.grad_factor = 1.0 / math.sqrt(max(self._seen // max(len(self._samples), 1), 1) * qmax)
         self.calibrated = True

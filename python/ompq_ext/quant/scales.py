@@ -14,6 +14,7 @@ from ..errors import OmpqValueError
 from .ops import check_group_size, fake_quantize, quant_range, to_groups
 
 SCALE_METHODS = ("minmax", "mse")
+ACT_METHODS = ("minmax", "percentile", "mse", "dynamic")
 _MSE_GRID = torch.linspace(1.0, 0.2, 81)  # clipping ratios tried by the MSE scale search
 
 
@@ -65,3 +66,34 @@ def _mse_search_torch(flat: Tensor, base: Tensor, bits: int) -> Tensor:
         best_err = torch.where(better, err, best_err)
         best = torch.where(better, s, best)
     return best
+
+
+def activation_scale(samples: Tensor, bits: int, method: str = "mse", low: float | None = None,
+                     high: float | None = None) -> tuple[float, bool]:
+    """(scale, signed) of per-tensor ``bits``-bit quantization for inputs observed as ``samples`` (a flat
+    float tensor, possibly a subsample of inputs whose extremes are ``low`` and ``high``). Inputs never
+    negative get the unsigned grid. "minmax" (and "dynamic", whose real scales are per token at run
+    time): the largest value; "percentile": the 99.99th percentile of |x|; "mse": the clipping ratio with
+    the least squared error on the samples."""
+    low = float(samples.min()) if low is None else low
+    high = float(samples.max()) if high is None else high
+    signed = low < 0
+    qmax = quant_range(bits, signed)[1]
+    values = samples.abs() if signed else samples
+    top = max(max(abs(low), abs(high)) if signed else high, 1e-8)
+    if method in ("minmax", "dynamic"):
+        return top / qmax, signed
+    if method == "percentile":
+        k = max(1, int(0.9999 * values.numel()))
+        return max(values.kthvalue(k).values.item(), 1e-8) / qmax, signed
+    qmin = quant_range(bits, signed)[0]
+    base = torch.tensor([top / qmax], dtype=torch.float32)
+    if samples.device.type == "cpu":  # the weights' search kernel, the samples as one channel
+        return float(_mse_search_core(samples.float().reshape(1, -1), base, qmin, qmax)[0]), signed
+    scale, best = top / qmax, math.inf
+    for ratio in _MSE_GRID:
+        s = (base * ratio).to(samples.device)
+        err = (fake_quantize(samples, s, bits=bits, signed=signed) - samples).square().sum().item()
+        if err < best:
+            best, scale = err, s.item()
+    return scale, signed
