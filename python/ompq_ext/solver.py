@@ -352,6 +352,8 @@ class _Model:
     def _add(self, c: _Costs):
         if c.joint:
             self.model.add(self.pair_expr(c.int_table) <= c.int_limit)
+        elif self.pairs:  # a cost of the weight bits alone, on the pairs too (one set of choice variables)
+            self.model.add(self.table_expr(c.int_table) <= c.int_limit)
         elif c.coefficients is not None:
             expr = self.cp_model.LinearExpr.weighted_sum(self.bits, c.coefficients)
             if c.int_limit < self._check_fits(c.coefficients, c.constraint.kind):  # else it cannot bind
