@@ -246,6 +246,14 @@ def test_group_size_and_scale_bits(env, capsys):
     assert paper.totals["size_bits"] == sum(PARAMS[n] * b for n, b in paper.bits.items()) + 32 * OTHER
 
 
+def test_activation_bits_can_be_planned(env, capsys):
+    bops = 6 * 6 * PLANNED  # MACs equal the weight counts for an MLP: between W4A4 and W8A8
+    p, _, _ = plan_file(env, capsys, "--act-bits", "4,8", "--bits", "2-8", "--method", "output_error",
+                        budget=f"{bops}BOPs", name="acts.json")
+    assert p.settings["act_bits"] == [4, 8] and set(p.act_bits.values()) <= {4, 8}
+    assert p.totals["bops"] == sum(PARAMS[n] * p.bits[n] * p.act_bits[n] for n in PARAMS) <= bops
+
+
 def test_fixed_is_honoured(env, capsys):
     free, _, _ = plan_file(env, capsys, budget="3bits", name="free.json")
     assert free.bits["0"] != 8  # otherwise the test proves nothing

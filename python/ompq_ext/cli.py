@@ -128,6 +128,12 @@ def _bits_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"bits must look like '2-8' or '2,4,8', got {text!r}") from None
 
 
+def _act_bits_arg(text: str):
+    """One activation bit-width ("8"), or the choices of a plan that picks them per layer ("4,8", "4-8")."""
+    choices = _bits_arg(text)
+    return choices[0] if len(choices) == 1 else choices
+
+
 def _fixed_arg(text: str) -> tuple[str, int]:
     name, sep, value = text.rpartition("=")
     if not sep or not name:
@@ -152,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the plan as JSON here")
     p.add_argument("--bits", type=_bits_arg, default=None,
                    help="choices, e.g. 2-8 or 2,4,8 (default: within one bit of the budget, as plan())")
-    p.add_argument("--act-bits", type=int, default=8, help="activation bits for BOPs (default 8)")
+    p.add_argument("--act-bits", type=_act_bits_arg, default=8,
+                   help="activation bits for BOPs (default 8), or choices such as 4,8 to plan them per layer")
     p.add_argument("--group-size", type=int, default=None,
                    help="weights quantized per group of this many input columns (default: per output channel)")
     p.add_argument("--scale-bits", type=int, choices=(0, 16, 32), default=16,
