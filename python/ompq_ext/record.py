@@ -194,8 +194,9 @@ class Plan:
 
     @property
     def act_bits(self) -> dict[str, int]:
-        """Layer name -> the bits of its input: chosen per layer, or the plan's one act_bits."""
-        fixed = self.settings.act_bits
+        """Layer name -> the bits of its input: chosen per layer, or the plan's one act_bits (None for an
+        embedding of a plan that chose them: its input is ids)."""
+        fixed = self.settings.act_bits if isinstance(self.settings.act_bits, int) else None
         return {layer.name: layer.act_bits if layer.act_bits is not None else fixed for layer in self.layers}
 
     @property
