@@ -308,7 +308,9 @@ class _Costs:
 class _Model:
     """The CP-SAT model: bit variables, one constraint per budget, and the expressions the stages use."""
 
-    def __init__(self, groups, allowed, costs: list[_Costs], act_allowed=None):
+    def __init__(self, groups, allowed, costs: list[_Costs], act_allowed=None, choices: bool = False):
+        """``choices``: write every term over the 0/1 choice variables (the objective is a table): one set of
+        them keeps the multiple-choice model's relaxation tight."""
         from ortools.sat.python import cp_model
 
         self.cp_model = cp_model
@@ -332,10 +334,11 @@ class _Model:
         self.names = [g.name for g in groups]
         self.allowed = allowed
         self._chosen = None
-        # Stage 2 maximises the size used, whatever the budgets: it must fit 64-bit integers. (Over the pairs
-        # where there are pairs: every term of the model on one set of choice variables keeps it fast.)
-        self.size = (self.pair_expr([{(b, a): p * b for b, a in pairs} for pairs, p in zip(self.pairs, self.params)])
-                     if self.pairs else cp_model.LinearExpr.weighted_sum(self.bits, self.params))
+        self.choices = choices or act_allowed is not None
+        # Stage 2 maximises the size used, whatever the budgets: it must fit 64-bit integers. (Over the choice
+        # variables where the model has them.)
+        self.size = (self.table_expr([{b: p * b for b in bits} for bits, p in zip(allowed, self.params)])
+                     if self.choices else cp_model.LinearExpr.weighted_sum(self.bits, self.params))
         self._check_fits(self.params, "size")
         for c in costs:
             self._add(c)
@@ -352,7 +355,7 @@ class _Model:
     def _add(self, c: _Costs):
         if c.joint:
             self.model.add(self.pair_expr(c.int_table) <= c.int_limit)
-        elif self.pairs:  # a cost of the weight bits alone, on the pairs too (one set of choice variables)
+        elif self.choices:  # on the choice variables too (one set of them)
             self.model.add(self.table_expr(c.int_table) <= c.int_limit)
         elif c.coefficients is not None:
             expr = self.cp_model.LinearExpr.weighted_sum(self.bits, c.coefficients)
@@ -410,11 +413,11 @@ class _Model:
             solver.parameters.cp_model_presolve = False
             solver.parameters.symmetry_level = 0
             solver.parameters.max_deterministic_time = _TIE_BREAK_DTIME
-        elif not self.pairs:
+        elif not self.choices:
             # Skips presolve's dual reductions, which cost more than they save on this model
-            # (measured: 1024 groups x 7 bits, 0.2 s instead of 0.9 s). With activation bits as decisions
-            # they are what makes the pair model fast (16 groups x 7 bits x 2 act bits: 0.02 s instead of
-            # no proof of optimality in 30 s).
+            # (measured: 1024 groups x 7 bits, 0.2 s instead of 0.9 s). On the model over choice variables
+            # (a value table, activation bits as decisions) they are what makes it fast (16 groups x 7 bits x
+            # 2 act bits: 0.02 s instead of no proof of optimality in 30 s).
             solver.parameters.keep_all_feasible_solutions_in_presolve = True
         status = solver.solve(self.model)
         return solver.status_name(status), solver
@@ -572,7 +575,7 @@ def solve(
     act_table = (None if act_values is None
                  else per_bit_table(groups, act_allowed, act_values, "act_values", "value", nonnegative=False))
 
-    mdl = _Model(groups, allowed, costs, act_allowed if joint else None)
+    mdl = _Model(groups, allowed, costs, act_allowed if joint else None, choices=value_table is not None)
     if value_table is None:
         weights = integer_weights(groups, weight_resolution)
         if joint:
