@@ -34,7 +34,7 @@ def test_allocation(benchmark, num_groups, how):
         benchmark.extra_info["over_budget"] = r.size_bits > size
 
 
-@pytest.mark.parametrize("num_groups", SIZES[:3])
+@pytest.mark.parametrize("num_groups", SIZES)
 @pytest.mark.parametrize("how", ["weight bits", "weight + activation bits (4, 8)"])
 def test_joint_allocation(benchmark, num_groups, how):
     """Activation bits as decisions too (plan(act_bits=(4, 8))): size + BOPs budgets, a value table per weight
@@ -56,5 +56,7 @@ def test_joint_allocation(benchmark, num_groups, how):
         joint = [dataclasses.replace(g, act_choices=(4, 8)) for g in groups]
         run = lambda: solve(joint, size_budget_bits=size, bops_budget=bops, values=values,  # noqa: E731
                             act_values=act_values)
-    a = benchmark.pedantic(run, rounds=3, warmup_rounds=0)
-    assert a.status == "OPTIMAL" and a.size_bits <= size and a.bops <= bops
+    a = benchmark.pedantic(run, rounds=1 if num_groups >= 1024 else 3, warmup_rounds=0)
+    benchmark.extra_info["status"] = a.status  # 1024 groups with activation bits: past the 30 s limit
+    assert a.size_bits <= size and a.bops <= bops
+    assert a.status == "OPTIMAL" or num_groups >= 1024
