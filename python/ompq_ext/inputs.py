@@ -190,6 +190,29 @@ def sample_count(samples) -> int:
     return first_tensor(samples).shape[0]
 
 
+class StopForward(BaseException):
+    """Raised by a hook to end a forward pass once the wanted module has run (a BaseException, so that a
+    model catching Exception does not swallow it)."""
+
+
+def call_order(model: nn.Module, names: list[str], args, kwargs) -> tuple[list[str], dict[str, int]]:
+    """The order in which the named submodules first run, and how often each runs, in one forward."""
+    order, counts, handles = [], {n: 0 for n in names}, []
+    for n in names:
+        def pre(_m, _a, n=n):
+            if counts[n] == 0:
+                order.append(n)
+            counts[n] += 1
+        handles.append(model.get_submodule(n).register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return order, counts
+
+
 def call_model(model: nn.Module, args, kwargs, *, samples: str, error=FeatureError):
     """Run the model on gathered samples; an exception of the model's own becomes ``error``
     saying which samples failed (``samples``: "the loader's", "the calibration") and what to check."""

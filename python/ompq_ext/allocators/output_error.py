@@ -95,13 +95,17 @@ class InputRows:
     def act_table(self, i: int, k: int, weights: QuantizedWeights, act_bits) -> dict[int, float]:
         """{a: error} of planned weight ``k``'s input (layer ``i`` of the pass) quantized at ``a`` bits."""
         key = ("act", i)
-        errors = self._tables.get(key, {})
-        for a in act_bits:
-            if a not in errors:
-                errors[a] = sum(scale * float(torch.einsum("kgd,god->kgo", _quantized_rows(rows, a) - rows,
-                                                           form.matrix(weights.float[k].cpu())).double().square().sum())
-                                for form, rows, scale in self.uses[i]) / self.n
-        self._tables[key] = errors
+        errors = self._tables.setdefault(key, {})
+        missing = [a for a in act_bits if a not in errors]
+        if missing:
+            w = weights.float[k].cpu()
+            totals = {a: [] for a in missing}
+            for form, rows, scale in self.uses[i]:
+                matrix = form.matrix(w)  # once per use, for every bit-width
+                for a in missing:
+                    out = torch.einsum("kgd,god->kgo", _quantized_rows(rows, a) - rows, matrix)
+                    totals[a].append(scale * float(out.double().square().sum()))
+            errors.update({a: sum(terms) / self.n for a, terms in totals.items()})
         return {a: errors[a] for a in act_bits}
 
     def error(self, i: int, delta: torch.Tensor) -> float:

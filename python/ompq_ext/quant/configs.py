@@ -48,6 +48,13 @@ class RTNConfig:
 _RTN_FIELDS = {f.name for f in fields(RTNConfig)}
 
 
+def _check_positive_ints(config, names) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise OmpqValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class AdaRoundConfig(RTNConfig):
     """Learned rounding, layer by layer (AdaRound): ``iters`` Adam steps per layer; see
@@ -65,10 +72,7 @@ class AdaRoundConfig(RTNConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("iters", "batch_size", "chunk_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OmpqValueError(f"{name} must be a positive integer, got {value!r}")
+        _check_positive_ints(self, ("iters", "batch_size", "chunk_size"))
         try:
             ok = (self.reg_weight >= 0 and self.lr > 0 and 0 <= self.warmup < 1 and len(self.beta_range) == 2
                   and all(b > 0 for b in self.beta_range))
@@ -97,10 +101,7 @@ class GPTQConfig(RTNConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("block_size", "chunk_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OmpqValueError(f"{name} must be a positive integer, got {value!r}")
+        _check_positive_ints(self, ("block_size", "chunk_size"))
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 < self.damp < 1e6:
             raise OmpqValueError(f"damp must be a number > 0 (a fraction of the moment's mean diagonal), got {self.damp!r}")
         if not isinstance(self.act_order, bool) or not isinstance(self.keep_best, bool):

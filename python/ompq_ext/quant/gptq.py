@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import OmpqValueError
-from ..inputs import sample_count, select_samples
+from ..inputs import StopForward, call_order, sample_count, select_samples
 from ..progress import progress_bar
-from .modules import QuantLayer, quant_layers
+from .modules import features_last, quant_layers
 from .ops import quant_range
 from .padding import padding_mask, valid_rows
 
@@ -94,9 +94,9 @@ def gptq_round(weight: Tensor, moment: Tensor, scales: Tensor, bits: int, *, dam
 def input_rows(layer: nn.Module, x: Tensor) -> Tensor | None:
     """The rows ``X`` (n x k) such that the layer computes ``W_flat @ row`` per output position, with
     ``W_flat`` its weight as (out channels) x (everything else); None for a layer GPTQ does not handle."""
-    if isinstance(layer, nn.Linear) or type(layer).__name__ == "Conv1D":  # GPT-2's Conv1D: x @ W, W is (in, out)
+    if features_last(layer):  # Linear, and GPT-2's Conv1D (x @ W, W is (in, out))
         return valid_rows(x).reshape(-1, x.shape[-1])
-    if isinstance(layer, _CONVS) and layer.groups == 1:
+    if _plain_conv(layer):
         two_d = isinstance(layer, nn.Conv2d)
         mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
         x = F.pad(x, layer._reversed_padding_repeated_twice, mode=mode)
@@ -108,13 +108,13 @@ def input_rows(layer: nn.Module, x: Tensor) -> Tensor | None:
     return None
 
 
+def _plain_conv(layer: nn.Module) -> bool:
+    return isinstance(layer, _CONVS) and layer.groups == 1
+
+
 def supported(layer: nn.Module) -> bool:
-    return (isinstance(layer, nn.Linear) or type(layer).__name__ == "Conv1D"
-            or (isinstance(layer, _CONVS) and layer.groups == 1))
-
-
-class _Stop(BaseException):
-    """Ends a forward pass once the layer's input is seen (not an Exception: a model cannot swallow it)."""
+    """Whether ``input_rows`` knows the layer."""
+    return features_last(layer) or _plain_conv(layer)
 
 
 @torch.no_grad()
@@ -130,7 +130,7 @@ def input_moment(qmodel: nn.Module, layer: nn.Module, args, kwargs, n: int, chun
         X = input_rows(layer, a[0]).to(torch.float64)
         total = X.T @ X if total is None else total.addmm_(X.T, X)
         rows += X.shape[0]
-        raise _Stop
+        raise StopForward
 
     handle = layer.register_forward_pre_hook(pre)
     try:
@@ -140,7 +140,7 @@ def input_moment(qmodel: nn.Module, layer: nn.Module, args, kwargs, n: int, chun
             with padding_mask(a, kw, mask_padding):
                 try:
                     qmodel(*a, **kw)
-                except _Stop:
+                except StopForward:
                     pass
     finally:
         handle.remove()
@@ -159,25 +159,6 @@ def _flat(weight: Tensor, axis: int) -> Tensor:
 def _error(delta: Tensor, moment: Tensor) -> float:
     """Mean squared output error of a weight change ``delta`` (out x k) on inputs with this moment."""
     return float(torch.einsum("ok,kl,ol->", delta, moment, delta) / delta.shape[0])
-
-
-def _order(qmodel: nn.Module, layers: dict[str, QuantLayer], args, kwargs, n: int) -> tuple[list[str], dict]:
-    """The names in the order their layers first run, and how often each runs, in one forward."""
-    order, counts, handles = [], dict.fromkeys(layers, 0), []
-    for name, ql in layers.items():
-        def pre(_m, _a, name=name):
-            if counts[name] == 0:
-                order.append(name)
-            counts[name] += 1
-        handles.append(ql.register_forward_pre_hook(pre))
-    try:
-        with torch.no_grad():
-            idx = torch.arange(min(n, 2))
-            qmodel(*select_samples(args, idx, n), **select_samples(kwargs, idx, n))
-    finally:
-        for h in handles:
-            h.remove()
-    return order, counts
 
 
 def gptq(qmodel: nn.Module, inputs: tuple[tuple, dict], *, damp: float = 0.01, block_size: int = 128,
@@ -199,7 +180,8 @@ def gptq(qmodel: nn.Module, inputs: tuple[tuple, dict], *, damp: float = 0.01, b
     args, kwargs = inputs
     n = sample_count((args, kwargs))
     layers = dict(quant_layers(qmodel))
-    order, counts = _order(qmodel, layers, args, kwargs, n)
+    probe = torch.arange(min(n, 2))
+    order, counts = call_order(qmodel, list(layers), select_samples(args, probe, n), select_samples(kwargs, probe, n))
     weights: dict[int, int] = {}
     for ql in layers.values():
         weights[id(ql.layer.weight)] = weights.get(id(ql.layer.weight), 0) + 1

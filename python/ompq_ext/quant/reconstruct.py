@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import OmpqTypeError, OmpqValueError
-from ..inputs import join_samples, map_tensors, select_samples, tensors
+from ..inputs import StopForward, call_order, join_samples, map_tensors, select_samples, tensors
 from ..progress import progress_bar
 from .modules import QuantLayer, WeightQuantizer, channel_shape, quant_layers
 from .ops import check_group_size, from_groups, group_count, quant_range
@@ -215,29 +215,6 @@ def _tied_layers(qmodel: nn.Module) -> set[str]:
     return {name for name, ql in layers if uses[id(ql.layer.weight)] > 1 or uses[id(ql.weight_quantizer)] > 1}
 
 
-class _Stop(BaseException):
-    """Raised by a capture hook to end a forward pass once the wanted module has run (a BaseException,
-    so that a model catching Exception does not swallow it)."""
-
-
-def _call_order(model: nn.Module, names: list[str], args, kwargs) -> tuple[list[str], dict[str, int]]:
-    """The order in which the named modules first run, and how often each runs, in one forward."""
-    order, counts, handles = [], {n: 0 for n in names}, []
-    for n in names:
-        def pre(_m, _a, n=n):
-            if counts[n] == 0:
-                order.append(n)
-            counts[n] += 1
-        handles.append(model.get_submodule(n).register_forward_pre_hook(pre))
-    try:
-        with torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    return order, counts
-
-
 @torch.no_grad()
 def _capture(model: nn.Module, name: str, args, kwargs, n: int, chunk: int, want: str):
     """Inputs ((args, kwargs) of the call) or the output of submodule ``name`` over all n samples.
@@ -253,17 +230,17 @@ def _capture(model: nn.Module, name: str, args, kwargs, n: int, chunk: int, want
         def pre(_m, a, kw, box=box):
             if want == "input":
                 box["value"] = _detach_clone((a, kw))
-                raise _Stop
+                raise StopForward
 
         def post(_m, _a, _kw, out, box=box):
             box["value"] = _detach_clone(out)
-            raise _Stop
+            raise StopForward
 
         h1 = module.register_forward_pre_hook(pre, with_kwargs=True)
         h2 = module.register_forward_hook(post, with_kwargs=True)
         try:
             model(*select_samples(args, idx, n), **select_samples(kwargs, idx, n))
-        except _Stop:
+        except StopForward:
             pass
         finally:
             h1.remove()
@@ -381,7 +358,7 @@ def reconstruct(
     fp_model.eval()
     try:
         probe = torch.arange(min(n, batch_size))
-        order, counts = _call_order(qmodel, units, select_samples(args, probe, n), select_samples(kwargs, probe, n))
+        order, counts = call_order(qmodel, units, select_samples(args, probe, n), select_samples(kwargs, probe, n))
         for u in units:
             if counts[u] == 0:
                 warnings.warn(f"reconstruct: {u!r} does not run in the forward pass; left at round-to-nearest",

@@ -55,13 +55,13 @@ def _mse_search_core(flat: Tensor, base: Tensor, qmin: int, qmax: int) -> Tensor
     return torch.from_numpy(scales)
 
 
-def _mse_search_torch(flat: Tensor, base: Tensor, bits: int) -> Tensor:
+def _mse_search_torch(flat: Tensor, base: Tensor, bits: int, signed: bool = True) -> Tensor:
     """The same search in torch ops (for CUDA tensors): one fake quantization per ratio, errors in float32."""
     best_err = torch.full((flat.shape[0],), math.inf, device=flat.device)
     best = base.clone()
     for ratio in _MSE_GRID:
         s = base * ratio
-        err = (fake_quantize(flat, s, bits=bits, axis=0) - flat).square().sum(dim=1)
+        err = (fake_quantize(flat, s, bits=bits, signed=signed, axis=0) - flat).square().sum(dim=1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best = torch.where(better, s, best)
@@ -87,13 +87,8 @@ def activation_scale(samples: Tensor, bits: int, method: str = "mse", low: float
         k = max(1, int(0.9999 * values.numel()))
         return max(values.kthvalue(k).values.item(), 1e-8) / qmax, signed
     qmin = quant_range(bits, signed)[0]
-    base = torch.tensor([top / qmax], dtype=torch.float32)
-    if samples.device.type == "cpu":  # the weights' search kernel, the samples as one channel
-        return float(_mse_search_core(samples.float().reshape(1, -1), base, qmin, qmax)[0]), signed
-    scale, best = top / qmax, math.inf
-    for ratio in _MSE_GRID:
-        s = (base * ratio).to(samples.device)
-        err = (fake_quantize(samples, s, bits=bits, signed=signed) - samples).square().sum().item()
-        if err < best:
-            best, scale = err, s.item()
-    return scale, signed
+    flat = samples.float().reshape(1, -1)  # the weights' search, the samples as one channel
+    base = torch.tensor([top / qmax], dtype=torch.float32, device=flat.device)
+    if flat.device.type == "cpu":
+        return float(_mse_search_core(flat, base, qmin, qmax)[0]), signed
+    return float(_mse_search_torch(flat, base, bits, signed)[0]), signed
