@@ -334,7 +334,7 @@ class _StopEarly:
 
         class Solver(real):
             def solve(self, model, *args, **kwargs):
-                if self.parameters.search_branching != cp_model.FIXED_SEARCH:
+                if model.has_objective() and self.parameters.search_branching != cp_model.FIXED_SEARCH:  # not the tie-break
                     setattr(self.parameters, parameter, True)
                 return super().solve(model, *args, **kwargs)
 
@@ -348,7 +348,7 @@ def test_time_limit_gives_feasible_with_a_true_bound(monkeypatch):
     budget = (smallest_size(groups) + largest_size(groups)) // 2
     best_float, _ = brute_force(groups, budget)
     _StopEarly(monkeypatch, "stop_after_first_solution")
-    a = solve(groups, size_budget_bits=budget)
+    a = solve(groups, size_budget_bits=budget, engine="cp-sat")
     assert a.status == "FEASIBLE"
     assert_within_budgets(a, groups, budget)
     assert a.objective < best_float - tolerance(groups)  # really stopped early
@@ -360,14 +360,17 @@ def test_no_solution_in_time_is_an_error(monkeypatch):
     groups = [GroupSpec("a", 10, 0, 1.0, (4, 8)), GroupSpec("b", 10, 0, 0.5, (4, 8))]
     _StopEarly(monkeypatch, "stop_after_presolve")
     with pytest.raises(OmpqError, match="time_limit_s"):
-        solve(groups, size_budget_bits=130)
+        solve(groups, size_budget_bits=130, engine="cp-sat")
 
 
-def test_plan_over_budget_is_caught(monkeypatch):
+@pytest.mark.parametrize("engine", ["cp-sat", "knapsack"])
+def test_plan_over_budget_is_caught(monkeypatch, engine):
     groups = [GroupSpec("a", 10, 0, 1.0, (4, 8))]
     monkeypatch.setattr(solver, "_solve_stages", lambda *a, **k: ("OPTIMAL", ([8], []), 0))
+    monkeypatch.setattr(solver, "_knapsack", lambda *a, **k: [8])
+    monkeypatch.setattr(solver._Costs, "within", lambda self, bits: True)
     with pytest.raises(OmpqError, match="internal error"):
-        solve(groups, size_budget_bits=50)
+        solve(groups, size_budget_bits=50, engine=engine)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -601,7 +604,7 @@ def test_value_table_bound_when_stopped_early(monkeypatch):
     budget = (smallest_size(groups) + largest_size(groups)) // 2
     best = brute_force_values(groups, table, budget)
     _StopEarly(monkeypatch, "stop_after_first_solution")
-    a = solve(groups, size_budget_bits=budget, values=table)
+    a = solve(groups, size_budget_bits=budget, values=table, engine="cp-sat")
     assert a.status == "FEASIBLE"
     assert a.objective < best - value_tolerance(groups, table)
     assert a.bound >= best - 1e-12

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <vector>
@@ -294,6 +295,48 @@ py::object mse_weight_scales(const py::object& w_obj, const py::object& base_obj
     return std::move(scales);
 }
 
+py::array_t<std::int64_t> int64_array(const py::object& obj, const char* name) {
+    const py::array a = as_array(obj, name);
+    if (!a.dtype().attr("isnative").cast<bool>() || a.dtype().kind() != 'i' || a.itemsize() != 8)
+        fail(std::string(name) + " must be an int64 array, got " + std::string(py::str(a.dtype())));
+    if (a.ndim() != 1) fail(std::string(name) + " must be 1-D");
+    if (!(a.flags() & py::array::c_style)) fail(std::string(name) + " must be C-contiguous");
+    return py::reinterpret_borrow<py::array_t<std::int64_t>>(a);
+}
+
+// The exact one-budget allocation: (status, chosen index per group or None, states kept, peak states).
+py::tuple solve_knapsack(const py::object& values_obj, const py::object& costs_obj, const py::object& tiebreaks_obj,
+                         const py::object& offsets_obj, std::int64_t capacity, std::int64_t max_states,
+                         double time_limit_s) {
+    const auto values = int64_array(values_obj, "values"), costs = int64_array(costs_obj, "costs"),
+               tiebreaks = int64_array(tiebreaks_obj, "tiebreaks"), offsets = int64_array(offsets_obj, "offsets");
+    const py::ssize_t groups = offsets.size() - 1, items = values.size();
+    if (groups < 1) fail("offsets must hold at least two entries (one group)");
+    if (costs.size() != items || tiebreaks.size() != items)
+        fail("values, costs and tiebreaks must have the same length");
+    const std::int64_t* off = offsets.data();
+    for (py::ssize_t g = 0; g < groups; ++g)
+        if (off[g] < 0 || off[g + 1] <= off[g]) fail("offsets must start at 0 and increase strictly");
+    if (off[0] != 0 || off[groups] != items) fail("offsets must start at 0 and end at the number of choices");
+    if (max_states < 1) fail("max_states must be >= 1");
+    if (std::isnan(time_limit_s)) fail("time_limit_s must be a number");
+    py::array_t<std::int32_t> choices(groups);
+    ompq::KnapsackResult result;
+    const std::int64_t *v = values.data(), *c = costs.data(), *t = tiebreaks.data();
+    std::int32_t* out = choices.mutable_data();
+    try {
+        py::gil_scoped_release release;
+        result = ompq::solve_knapsack(v, c, t, off, static_cast<std::size_t>(groups), capacity,
+                                      static_cast<std::size_t>(max_states), time_limit_s, out);
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+    static const char* names[] = {"optimal", "infeasible", "too_many_states", "time_limit"};
+    const bool optimal = result.status == ompq::KnapsackStatus::optimal;
+    return py::make_tuple(names[static_cast<int>(result.status)], optimal ? py::object(choices) : py::none(),
+                          result.states, result.peak_states);
+}
+
 #ifdef OMPQ_HAVE_CUDA
 // A device call's workspace: at least `need` bytes (none needed: anything goes).
 void check_workspace(std::uintptr_t workspace, std::int64_t workspace_bytes, std::size_t need) {
@@ -463,6 +506,12 @@ PYBIND11_MODULE(_core, m) {
 #else
     m.attr("cuda_built") = false;
 #endif
+    m.def("solve_knapsack", &solve_knapsack, py::arg("values"), py::arg("costs"), py::arg("tiebreaks"),
+          py::arg("offsets"), py::arg("capacity"), py::arg("max_states") = std::int64_t{1} << 24,
+          py::arg("time_limit_s") = 0.0,
+          "Exact multiple-choice knapsack (ompq/knapsack.hpp): one choice per group [offsets[g], offsets[g+1]), "
+          "sum of costs <= capacity, largest (sum of values, sum of tiebreaks, choices lexicographically). "
+          "Returns (status, choices or None, states kept, peak states).");
     m.def("available_isas", &ompq::available_isas, "Instruction sets whose kernels run on this CPU.");
     m.def("best_isa", &ompq::best_isa, "The instruction set used by default.");
 }

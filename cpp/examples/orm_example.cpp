@@ -3,9 +3,13 @@
 // ORM matrix. Layer 1 is a scaled copy of layer 0, so ORM(0, 1) must be 1.
 // Layer 2 is rank one (sample i is u_i times one direction) while layer 0 is
 // near-isotropic noise, so their CKA is about 1/sqrt(n - 1). The program checks
-// both and exits non-zero if the core disagrees.
+// both and exits non-zero if the core disagrees. Then it allocates bits to the three
+// layers under a size budget with the exact knapsack and checks the plan against
+// every combination.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -40,7 +44,36 @@ int main() {
         for (std::size_t j = 0; j < layers; ++j) std::printf(" %.6f", orm[i * layers + j]);
         std::printf("\n");
     }
-    const bool ok = std::fabs(orm[1] - 1.0) < 1e-9 && orm[2] < 0.5 && orm[0] == 1.0;
+    bool ok = std::fabs(orm[1] - 1.0) < 1e-9 && orm[2] < 0.5 && orm[0] == 1.0;
+
+    // Bits 2..8 for each layer: a layer less similar to the others is worth more per bit (weight 1 - mean
+    // ORM to the others, scaled to integers); the size budget is 4 bits per weight on average.
+    const std::int64_t params[layers] = {4000, 1000, 2500};
+    std::vector<std::int64_t> values, costs, offsets{0};
+    std::int64_t capacity = 0;
+    for (std::size_t l = 0; l < layers; ++l) {
+        double similar = 0;
+        for (std::size_t j = 0; j < layers; ++j) similar += j == l ? 0.0 : orm[l * layers + j] / (layers - 1);
+        for (std::int64_t b = 2; b <= 8; ++b) {
+            values.push_back(std::llround((1.0 - similar) * 1e6) * b);
+            costs.push_back(params[l] * b);
+        }
+        offsets.push_back(static_cast<std::int64_t>(values.size()));
+        capacity += 4 * params[l];
+    }
+    std::vector<std::int32_t> picks(layers);
+    const ompq::KnapsackResult r = ompq::solve_knapsack(values.data(), costs.data(), costs.data(), offsets.data(),
+                                                        layers, capacity, 1u << 20, 0.0, picks.data());
+    std::int64_t best = -1;  // the best objective over all 7^3 plans within the budget
+    for (int a = 0; a < 7; ++a)
+        for (int b = 0; b < 7; ++b)
+            for (int c = 0; c < 7; ++c)
+                if (costs[a] + costs[7 + b] + costs[14 + c] <= capacity)
+                    best = std::max(best, values[a] + values[7 + b] + values[14 + c]);
+    const std::int64_t got = values[picks[0]] + values[7 + picks[1]] + values[14 + picks[2]];
+    std::printf("bits under a %lld-bit budget: %d %d %d\n", static_cast<long long>(capacity), picks[0] + 2,
+                picks[1] + 2, picks[2] + 2);
+    ok = ok && r.status == ompq::KnapsackStatus::optimal && got == best;
     std::printf(ok ? "check passed\n" : "check FAILED\n");
     return ok ? 0 : 1;
 }

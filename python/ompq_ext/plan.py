@@ -283,7 +283,7 @@ def _record(model, planned, skipped, problem, scores, allocation, settings, timi
         totals=totals,
         budgets=[BudgetRecord.of(r) for r in problem.budget_records],
         solver=SolverRecord(status=allocation.status, objective=allocation.objective, bound=allocation.bound,
-                            gap=allocation.gap, solve_time_s=allocation.solve_time_s),
+                            gap=allocation.gap, solve_time_s=allocation.solve_time_s, engine=allocation.engine),
         settings=settings,
         timing=timing,
         model=ModelInfo(class_name=type(model).__name__, total_params=problem.total_params),

@@ -81,7 +81,7 @@ _TOTALS = {"size_bits": (int, False), "size_bytes": (float, False), "size_mib": 
            "bops": (int, False), "planned_params": (int, False), "other_params": (int, False),
            "latency": (float, True), "scale_bits": (int, True)}
 _SOLVER = {"status": (str, False), "objective": (float, False), "bound": (float, False), "gap": (float, False),
-           "solve_time_s": (float, False)}
+           "solve_time_s": (float, False), "engine": (str, True)}
 
 
 def check(data, source: str = "plan") -> dict:

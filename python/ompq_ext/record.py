@@ -117,6 +117,7 @@ class SolverRecord(_Record):
     bound: float
     gap: float
     solve_time_s: float
+    engine: str | None = None  # "knapsack" or "cp-sat" (None in plans written before it was recorded)
 
 
 _SETTINGS = ("method", "bits", "act_bits", "group_size", "scale_bits", "fixed_bits", "num_samples", "bn_mode", "ties", "time_limit_s", "cost")

@@ -1,4 +1,13 @@
-"""Bit allocation: the exact CP-SAT model, and the reference's continuous relaxation.
+"""Bit allocation: the exact knapsack for one budget, the exact CP-SAT model, and the reference's relaxation.
+
+One budget (the common case: a model size), activation bits fixed: the C++ core's exact multiple-choice
+knapsack (``cpp/include/ompq/knapsack.hpp``: dynamic programming from the LP solution with bounds) returns
+what the three CP-SAT stages below return (largest objective, then size used, then the lexicographically
+largest bits), in milliseconds at 1024 groups (docs/BENCHMARKS.md); tests compare the two on random
+instances. Several budgets: the knapsack's answer under one of them alone is the answer under all when it
+meets the others (each stage then chooses from a larger set and its choice is still allowed), which is
+often the case where one budget binds. Past its state or time limit, or where no budget alone decides,
+CP-SAT.
 
 Exact model (``solve``)
 -----------------------
@@ -38,13 +47,15 @@ Three lexicographic stages, each a CP-SAT solve on the same model:
 2. only if stage 1 proved optimality: keep the objective at its optimum and maximise the size
    used, so that spare budget is not left on the table;
 3. only if stage 2 proved optimality, a final tie-break: keep both at their optimum and take the
-   lexicographically largest bit vector (more bits for earlier groups). This is a satisfaction
-   problem searched depth-first in a fixed order (groups in order, largest value first) with
-   presolve off, so its first solution is exactly the lexicographically largest one, a function
-   of the input alone. It is usually instant, but the search can be long on large models with
-   two binding budgets, so it is capped at ``_TIE_BREAK_DTIME`` units of CP-SAT's
-   deterministic time (an operation count, about a second); past the cap the stage-2 plan is
-   kept.
+   lexicographically largest bit vector (more bits for earlier groups), a function of the input
+   alone. Two searches prove it, taking turns (``_TIE_BREAK_TURNS``): a depth-first search in a fixed
+   order (groups in order, largest value first) with presolve off, whose first solution is exactly
+   that one (instant where many plans tie, but long on some large models with two binding budgets:
+   1024 groups, past its cap on 3 of 10 instances), and asking for a solution lexicographically
+   larger than the last one found until CP-SAT proves there is none (at once where the optimum is
+   unique: 0.2-0.5 s on those instances). Capped at ``_TIE_BREAK_DTIME`` units of CP-SAT's
+   deterministic time in all (an operation count, about a second); past the cap the last plan found
+   is kept.
 
 Determinism: every stage runs CP-SAT with one worker and a fixed seed, whose search does not
 depend on thread timing, and the only cap that is not wall-clock time is counted in operations;
@@ -78,6 +89,8 @@ from .errors import InfeasibleBudgetError, OmpqError, OmpqTypeError, OmpqValueEr
 MAX_BITS = 16
 _INT64_SAFE = 2**62  # CP-SAT works in int64; keep every sum well below its limit
 _TIE_BREAK_DTIME = 1.0  # cap of the lexicographic stage, in CP-SAT deterministic time
+# The tie-break's turns: (depth-first search?, share of the cap); then "a larger one" until the cap.
+_TIE_BREAK_TURNS = ((True, 0.05), (False, 0.6), (True, 0.25)) + ((False, 1.0),) * 64
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,7 @@ class Allocation:
     solve_time_s: float
     costs: dict[str, float] = field(default_factory=dict)  # each constraint's kind -> the plan's cost
     act_bits: list[int] = field(default_factory=list)  # each group's activation bits (chosen, or its fixed ones)
+    engine: str = "cp-sat"  # what found it: "knapsack" (the core's exact one-budget solver) or "cp-sat"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,6 +307,10 @@ class _Costs:
             return sum(values) + self.constraint.fixed_cost
         return math.fsum(values + [self.constraint.fixed_cost])
 
+    def within(self, bits) -> bool:
+        """Whether these bits meet the constraint as the CP-SAT model states it (scaled integers)."""
+        return sum(row[b] for row, b in zip(self.int_table, bits)) <= self.int_limit
+
     def check_alone(self):
         """Raise the constraint's own error if no allocation meets it, even alone."""
         cheapest = [min(row, key=row.get) for row in self.table]
@@ -399,28 +417,59 @@ class _Model:
             coefs += [row[b] for b in bits]
         return self.cp_model.LinearExpr.weighted_sum(terms, coefs)
 
-    def run(self, seconds, *, lexicographic=False):
-        """One CP-SAT solve, single worker and fixed seed; returns (status name, solver)."""
+    def run(self, seconds, *, model=None, dtime=None, depth_first=False):
+        """One CP-SAT solve of ``model`` (default: this one; another is a tie-break's problem, where presolve may
+        drop solutions as long as one is left), single worker and fixed seed, capped at ``dtime`` units of
+        deterministic time if given; returns (status name, solver). ``depth_first``: plain depth-first search in
+        the model's decision order, presolve and symmetry breaking off (they may drop solutions not needed for
+        optimality), so that the first solution is the one that order puts first."""
         solver = self.cp_model.CpSolver()
         solver.parameters.num_workers = 1
         solver.parameters.random_seed = 0
         solver.parameters.max_time_in_seconds = max(seconds, 1e-3)
-        if lexicographic:
-            # Plain depth-first search in the decision order: the first solution is the
-            # lexicographically largest. Presolve and symmetry breaking are off because they
-            # may drop solutions that are not needed for optimality, including that one.
+        if dtime is not None:
+            solver.parameters.max_deterministic_time = dtime
+        if depth_first:
             solver.parameters.search_branching = self.cp_model.FIXED_SEARCH
             solver.parameters.cp_model_presolve = False
             solver.parameters.symmetry_level = 0
-            solver.parameters.max_deterministic_time = _TIE_BREAK_DTIME
-        elif not self.choices:
+        elif not self.choices and model is None:
             # Skips presolve's dual reductions, which cost more than they save on this model
             # (measured: 1024 groups x 7 bits, 0.2 s instead of 0.9 s). On the model over choice variables
             # (a value table, activation bits as decisions) they are what makes it fast (16 groups x 7 bits x
             # 2 act bits: 0.02 s instead of no proof of optimality in 30 s).
             solver.parameters.keep_all_feasible_solutions_in_presolve = True
-        status = solver.solve(self.model)
+        status = solver.solve(self.model if model is None else model)
         return solver.status_name(status), solver
+
+    def largest_first(self):
+        """A copy of the model searched groups in order, largest value first (bits, then activation bits)."""
+        model = self.model.clone()
+        xs = [model.get_int_var_from_proto_index(v.index) for v in self.bits + self.acts]
+        model.add_decision_strategy(xs, self.cp_model.CHOOSE_FIRST, self.cp_model.SELECT_MAX_VALUE)
+        return model, xs
+
+    def lexicographically_larger(self, found):
+        """A copy of the model that also asks for (bits, then activation bits) lexicographically larger than
+        ``found``: some position p keeps every earlier value and takes a larger one. Returns the copy and its
+        variables."""
+        model = self.model.clone()
+        xs = [model.get_int_var_from_proto_index(v.index) for v in self.bits + self.acts]
+        larger, same_before = [], None  # same_before: every earlier variable keeps its value (None: true)
+        for x, value in zip(xs, found[0] + found[1]):
+            here = model.new_bool_var("")
+            model.add(x >= value + 1).only_enforce_if(here)
+            same = model.new_bool_var("")
+            model.add(x == value).only_enforce_if(same)
+            if same_before is not None:
+                model.add_implication(here, same_before)
+                model.add_implication(same, same_before)
+            larger.append(here)
+            same_before = same
+        model.add_bool_or(larger)
+        # The earliest position that can grow: big steps towards the largest, also where many plans tie.
+        model.maximize(self.cp_model.LinearExpr.weighted_sum(larger, list(range(len(larger), 0, -1))))
+        return model, xs
 
     def values(self, solver):
         """(bits, activation bits) of the solution; no activation bits where they are not decisions."""
@@ -430,7 +479,6 @@ class _Model:
 def _solve_stages(mdl, objective, int_objective, deadline):
     """Run the three stages on the integer ``objective`` expression (``int_objective(bits, acts)`` is
     its exact value for a solution); return (status of stage 1, (bits, acts) or None, integer bound)."""
-    cp_model = mdl.cp_model
     m = mdl.model
 
     m.maximize(objective)
@@ -455,16 +503,55 @@ def _solve_stages(mdl, objective, int_objective, deadline):
         return "OPTIMAL", (mdl.values(solver) if status == "FEASIBLE" else found), best
     found = mdl.values(solver)
 
-    # Stage 3: both fixed, the lexicographically largest bit vector (then activation bits), if found
-    # within its cap.
+    # Stage 3: both fixed, the lexicographically largest bit vector (then activation bits), by two means that
+    # each prove it: a depth-first search, largest values first, whose first solution is that one (at once
+    # where many plans tie, long on some large models), and asking CP-SAT for a solution lexicographically
+    # larger than the last one found until there is none (at once where the optimum is unique). They take
+    # turns with growing shares of the cap on CP-SAT's deterministic time; past it the last one found is kept.
     m.add(mdl.size == sum(p * b for p, b in zip(mdl.params, found[0])))
     m.clear_objective()
     m.clear_hints()
-    m.add_decision_strategy(mdl.bits + mdl.acts, cp_model.CHOOSE_FIRST, cp_model.SELECT_MAX_VALUE)
-    status, solver = mdl.run(deadline - time.perf_counter(), lexicographic=True)
-    if status in ("OPTIMAL", "FEASIBLE"):
-        found = mdl.values(solver)
+    spent = 0.0
+    for depth_first, share in _TIE_BREAK_TURNS:
+        cap = min(share * _TIE_BREAK_DTIME, _TIE_BREAK_DTIME - spent)
+        if cap <= 0:
+            break
+        trial, xs = mdl.largest_first() if depth_first else mdl.lexicographically_larger(found)
+        status, solver = mdl.run(deadline - time.perf_counter(), model=trial, dtime=cap, depth_first=depth_first)
+        spent += solver.deterministic_time
+        if status in ("OPTIMAL", "FEASIBLE"):
+            values = [int(solver.value(x)) for x in xs]
+            found = values[:len(mdl.bits)], values[len(mdl.bits):]
+        if depth_first and status in ("OPTIMAL", "FEASIBLE") or not depth_first and status == "INFEASIBLE":
+            break  # the depth-first search's first solution, or nothing larger: the largest
     return "OPTIMAL", found, best
+
+
+ENGINES = ("auto", "knapsack", "cp-sat")
+KNAPSACK_MAX_STATES = 1 << 24  # ~100 MB of back pointers; past it the knapsack gives way to CP-SAT
+
+
+def _knapsack(groups, allowed, cost: _Costs, rows, seconds):
+    """The core's exact multiple-choice knapsack on one budget (``rows``: the integer objective table, one
+    {bits: value} per group): the same three stages as CP-SAT's model (largest objective, then size used,
+    then the lexicographically largest bits). Returns the bits, or None where it does not apply (a cost
+    below 0 or sums past 2**62) or gave up (too many states, time)."""
+    import numpy as np
+
+    from . import _core
+
+    sizes = [{b: g.params * b for b in bits} for g, bits in zip(groups, allowed)]
+    tables = (rows, cost.int_table, sizes)
+    if any(v < 0 for row in cost.int_table for v in row.values()) or any(
+            sum(max(abs(v) for v in row.values()) for row in table) > 2**62 for table in tables):
+        return None
+    flat = [np.array([row[b] for row, bits in zip(table, allowed) for b in bits], dtype=np.int64) for table in tables]
+    offsets = np.cumsum([0] + [len(bits) for bits in allowed], dtype=np.int64)
+    status, picks, _, _ = _core.solve_knapsack(*flat, offsets, cost.int_limit, max_states=KNAPSACK_MAX_STATES,
+                                               time_limit_s=max(seconds, 1e-3))
+    if status != "optimal":
+        return None
+    return [bits[k] for bits, k in zip(allowed, picks.tolist())]
 
 
 def _no_solution_error(status, constraints, time_limit_s):
@@ -532,6 +619,7 @@ def solve(
     latency_budget: float | None = None,
     time_limit_s: float = 30.0,
     weight_resolution: int = 10**7,
+    engine: str = "auto",
 ) -> Allocation:
     """Exact bit allocation: maximise sum_g weight_g * bits_g under every constraint.
 
@@ -547,6 +635,12 @@ def solve(
     Groups with ``act_choices`` choose their activation bits too (BOPs cost ``macs * bits * act``);
     ``act_values``: one mapping activation bit-width -> value per group, added to the objective
     (with weights instead of values, each group's weight multiplies ``bits + act``).
+
+    ``engine``: ``"auto"`` (default) solves a single budget with fixed activation bits by the core's exact
+    multiple-choice knapsack (same answer as CP-SAT's three stages, in milliseconds; CP-SAT takes over if it
+    gives up), and several budgets the same way when the answer under one of them alone meets the others
+    (then it is the answer under all); everything else goes to CP-SAT. ``"knapsack"`` or ``"cp-sat"`` insist
+    on one.
 
     ``other_bits``: bits of the parameters outside the groups, counted in the reported
     ``size_bits`` (and in the ``size_budget_bits`` shorthand). A ``latency`` table without a
@@ -575,32 +669,55 @@ def solve(
     act_table = (None if act_values is None
                  else per_bit_table(groups, act_allowed, act_values, "act_values", "value", nonnegative=False))
 
-    mdl = _Model(groups, allowed, costs, act_allowed if joint else None, choices=value_table is not None)
-    if value_table is None:
-        weights = integer_weights(groups, weight_resolution)
-        if joint:
-            expr = mdl.pair_expr([{(b, a): w * (b + a) for b, a in pairs} for pairs, w in zip(mdl.pairs, weights)])
-        else:
-            expr = mdl.cp_model.LinearExpr.weighted_sum(mdl.bits, weights)
-        status, found, int_bound = _solve_stages(
-            mdl, expr, lambda bits, acts: sum(w * (b + a) for w, b, a in zip(weights, bits, acts or [0] * len(bits))),
-            start + time_limit_s)
+    if engine not in ENGINES:
+        raise OmpqValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    if engine == "knapsack" and joint:
+        raise OmpqValueError("engine='knapsack' solves with fixed activation bits; use engine='auto' or 'cp-sat' "
+                             "where activation bits are decisions")
+    bits = None
+    if not joint and engine != "cp-sat":
+        rows = ([{b: w * b for b in ok} for w, ok in zip(integer_weights(groups, weight_resolution), allowed)]
+                if value_table is None else _integer_values(value_table, weight_resolution)[0])
+        # Each budget alone, while none is solved: an answer under one budget that meets the others is the
+        # answer under all (dropping a budget only enlarges the set the three stages choose from).
+        for c in costs:
+            alone = _knapsack(groups, allowed, c, rows, start + time_limit_s - time.perf_counter())
+            if alone is not None and all(o.within(alone) for o in costs):
+                bits = alone
+                break
+        if bits is None and engine == "knapsack":
+            raise OmpqError(f"the knapsack solver found no proven optimum within time_limit_s={time_limit_s} and "
+                            f"{KNAPSACK_MAX_STATES} states{'' if len(costs) == 1 else ', or no budget alone decided'}"
+                            "; use engine='auto' (CP-SAT takes over)")
+    if bits is not None:
+        status, acts, used = "OPTIMAL", [a[0] for a in act_allowed], "knapsack"
     else:
-        rows = value_table + (act_table or [])  # one scale for both tables: their values stay comparable
-        ints, scale, mins = _integer_values(rows, weight_resolution)
-        expr = mdl.table_expr(ints[:len(groups)])
-        if act_table is not None:
-            expr = expr + mdl.act_expr(ints[len(groups):])
+        used = "cp-sat"
+        mdl = _Model(groups, allowed, costs, act_allowed if joint else None, choices=value_table is not None)
+        if value_table is None:
+            weights = integer_weights(groups, weight_resolution)
+            if joint:
+                expr = mdl.pair_expr([{(b, a): w * (b + a) for b, a in pairs} for pairs, w in zip(mdl.pairs, weights)])
+            else:
+                expr = mdl.cp_model.LinearExpr.weighted_sum(mdl.bits, weights)
+            status, found, int_bound = _solve_stages(
+                mdl, expr, lambda bits, acts: sum(w * (b + a) for w, b, a in zip(weights, bits, acts or [0] * len(bits))),
+                start + time_limit_s)
+        else:
+            rows = value_table + (act_table or [])  # one scale for both tables: their values stay comparable
+            ints, scale, mins = _integer_values(rows, weight_resolution)
+            expr = mdl.table_expr(ints[:len(groups)])
+            if act_table is not None:
+                expr = expr + mdl.act_expr(ints[len(groups):])
 
-        def int_objective(bits, acts):
-            return (sum(row[b] for row, b in zip(ints, bits))
-                    + sum(row[a] for row, a in zip(ints[len(groups):], acts)))
-        status, found, int_bound = _solve_stages(mdl, expr, int_objective, start + time_limit_s)
-    if found is None:
-        raise _no_solution_error(status, constraints, time_limit_s)
-    bits, acts = found
-    acts = acts or [a[0] for a in act_allowed]
-
+            def int_objective(bits, acts):
+                return (sum(row[b] for row, b in zip(ints, bits))
+                        + sum(row[a] for row, a in zip(ints[len(groups):], acts)))
+            status, found, int_bound = _solve_stages(mdl, expr, int_objective, start + time_limit_s)
+        if found is None:
+            raise _no_solution_error(status, constraints, time_limit_s)
+        bits, acts = found
+        acts = acts or [a[0] for a in act_allowed]
     spent = _verify(groups, allowed, bits, acts, costs)
     if value_table is None:
         objective = _objective(groups, bits) + (_objective(groups, acts) if joint else 0.0)
@@ -621,7 +738,7 @@ def solve(
     lat = spent.get("latency", None if report_latency is None else report_latency.of(bits))
     return Allocation(bits=bits, status=status, objective=objective, bound=bound, gap=gap,
                       size_bits=_size(groups, bits, other_bits), bops=_bops(groups, bits, acts), latency=lat,
-                      solve_time_s=time.perf_counter() - start, costs=spent, act_bits=acts)
+                      solve_time_s=time.perf_counter() - start, costs=spent, act_bits=acts, engine=used)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,5 +3,6 @@
 
 #include "ompq/fake_quant.hpp"
 #include "ompq/gram.hpp"
+#include "ompq/knapsack.hpp"
 #include "ompq/orthogonality.hpp"
 #include "ompq/version.hpp"

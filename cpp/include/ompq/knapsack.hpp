@@ -1,0 +1,51 @@
+// Exact multiple-choice knapsack: the bit allocation under one budget.
+//
+// Group g offers the choices [offsets[g], offsets[g + 1]) of the arrays values, costs and tiebreaks; exactly
+// one is picked per group so that the sum of costs stays <= capacity and, in this order of priority,
+//   1. the sum of values is largest,
+//   2. then the sum of tiebreaks is largest (the bit allocation: the model size used),
+//   3. then the vector of chosen indices is lexicographically largest (the first group first; within a group
+//      a larger index wins, and the bit allocation lists a group's bit-widths in increasing order).
+// The answer is therefore a function of the input alone, the same as the three stages of the CP-SAT model.
+//
+// Method: dynamic programming over the groups in order, keeping only Pareto states (no other state costs
+// less and is at least as good in (value, tiebreak, choices so far)), and dropping every state whose
+// Lagrangian upper bound
+//     value so far + lambda * (capacity left) + sum over the groups to come of max_k (value_k - lambda * cost_k)
+// is below the value of a feasible solution found first (the LP relaxation's greedy rounding). lambda is
+// the LP relaxation's optimal multiplier (the slope of its fractional segment), so at the start the bound
+// is the LP bound; any lambda >= 0 gives a valid bound, so the float arithmetic of the bound only needs a
+// margin (it is computed in doubles with a proven rounding margin; values, costs and tiebreaks are summed
+// in exact 64-bit integers). Exact whatever the input; the work depends on how many states survive,
+// which on real networks is a few per group (docs/BENCHMARKS.md). Beyond max_states states in all, or
+// past time_limit_s, the solver stops and says so.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ompq {
+
+enum class KnapsackStatus {
+    optimal,           // choices holds the optimum
+    infeasible,        // even the cheapest choice of every group costs more than capacity
+    too_many_states,   // stopped: more than max_states states were kept
+    time_limit,        // stopped: time_limit_s passed
+};
+
+struct KnapsackResult {
+    KnapsackStatus status = KnapsackStatus::infeasible;
+    std::size_t states = 0;       // states kept, over all groups and rounds
+    std::size_t peak_states = 0;  // most states kept after one group
+};
+
+// Preconditions (std::invalid_argument otherwise): num_groups >= 1; offsets[0] == 0 and every group has at
+// least one choice; costs and tiebreaks >= 0; capacity >= 0; for each of values (absolute), costs and
+// tiebreaks, the sum over the groups of the group's largest entry is at most 2^62.
+// choices: num_groups entries, each the chosen index within its group (0-based); written when optimal.
+// time_limit_s <= 0: no time limit.
+KnapsackResult solve_knapsack(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* tiebreaks,
+                              const std::int64_t* offsets, std::size_t num_groups, std::int64_t capacity,
+                              std::size_t max_states, double time_limit_s, std::int32_t* choices);
+
+}  // namespace ompq
