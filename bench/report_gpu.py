@@ -1,12 +1,15 @@
 """Print docs/BENCHMARKS.md's GPU figures (issue 5), both sides in one process on one device:
 
-* the core's CUDA Gram kernels (CUDA cores; tensor cores for 16-bit features) vs torch.matmul(x, x.T);
+* the Gram K += X Xᵀ on the GPU: the core's CUDA kernels (CUDA cores; tensor cores for 16-bit features) and
+  the cuBLAS path (torch.bmm over column chunks, float64 across them), marked "(auto)" where the default
+  picks it, vs torch.matmul(x, x.T);
 * the ORM matrix formed on the GPU vs the CPU core after copying the Grams (what plan() did before);
 * fake-quant forward+backward vs torch's CUDA ops: with a fixed scale (straight-through gradient only)
   against torch.fake_quantize_per_{channel,tensor}_affine, and with a learnable scale (LSQ) against
   torch._fake_quantize_learnable_per_{channel,tensor}_affine;
 * plan() end to end on a ResNet-50 that lives on the GPU, N = 64 at 224 px (target: under 1 s),
-  against one plain forward of the same batch.
+  against one plain forward of the same batch;
+* the same on torchvision's architectures (random init; ../shared/gpu/tv_plan_gpu.py's probe).
 
     python bench/report_gpu.py [--repeats 20]
 
@@ -26,7 +29,7 @@ from ompq_ext import _core, cuda_kernels
 from ompq_ext.models import resnet50
 from ompq_ext.quant.ops import fake_quantize, quant_range
 
-from common import interleaved_medians
+from common import interleaved_medians, load_torchvision
 
 GRAM_SHAPES = [(32, 200_704), (64, 200_704), (64, 25_088), (128, 802_816)]
 ORM_SHAPES = [(54, 64), (160, 256)]  # ResNet-50's planned layers at N = 64; a deep network at N = 256
@@ -57,12 +60,18 @@ def gram_rows(repeats):
             k = torch.zeros(n, n, dtype=torch.float64, device="cuda")
             ref = x.double() @ x.double().T
             theirs = cuda_time(lambda: torch.matmul(x, x.T), repeats)
-            for kernel in ("cuda_cores",) if dtype == torch.float32 else ("cuda_cores", "tensor_cores"):
+            kernels = ["cuda_cores"] + ([] if dtype == torch.float32 else ["tensor_cores"])
+            if dtype == torch.float32 or cuda_kernels._blas_takes_16bit(x.device):
+                kernels.append("blas")
+            auto = "blas" if cuda_kernels._use_blas(x) else kernels[-1]
+            for kernel in kernels:
                 ours = cuda_time(lambda: cuda_kernels.gram_accumulate(x, k, kernel), repeats)
                 k.zero_()
                 cuda_kernels.gram_accumulate(x, k, kernel)
                 err = ((k - ref).abs().max() / ref.abs().max()).item()
-                rows.append(f"| {n} × {d:,} | {str(dtype).split('.')[-1]} | {kernel.replace('_', ' ')} | "
+                label = ("cuBLAS, float64 across chunks" if kernel == "blas" else kernel.replace("_", " ")) + (
+                    " (auto)" if kernel == auto else "")
+                rows.append(f"| {n} × {d:,} | {str(dtype).split('.')[-1]} | {label} | "
                             f"{ours * 1e3:.3f} | {theirs * 1e3:.3f} | **{theirs / ours:.2f}** | {err:.1e} |")
     return rows
 
@@ -148,6 +157,47 @@ def plan_rows(repeats):
             "| plan() stages | " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in stage.items()) + " |"]
 
 
+TV_ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_b_16", "swin_t",
+            "regnet_y_400mf"]
+
+
+def torchvision_rows(repeats, device="cuda", archs=TV_ARCHS):
+    """plan() (OMPQ) vs one no-grad forward on torchvision architectures on the GPU: random init, N = 64, 224 px,
+    float32, budget 4 bits per weight (../shared/gpu/tv_plan_gpu.py's measurement)."""
+    torchvision = load_torchvision()
+    x = torch.randn(64, 3, 224, 224, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rows = []
+    for arch in archs:
+        try:
+            torch.manual_seed(0)
+            model = getattr(torchvision.models, arch)(weights=None).eval().to(device)
+
+            def forward():
+                with torch.no_grad():
+                    model(x)
+                sync()
+
+            plans = []
+
+            def plan():
+                plans.append(ompq_ext.plan(model, [x], "4bits", num_samples=64, method="ompq", progress=False))
+                sync()
+
+            times = interleaved_medians({"forward": forward, "plan": plan}, max(3, repeats // 4))
+            p = plans[-1]
+            f, q = times["forward"], times["plan"]
+            stages = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in p.timing.items() if k != "total")
+            rows.append(f"| {arch} | {len(p.layers)} | {f * 1e3:.1f} | {q * 1e3:.1f} | **{q / f:.2f}** | "
+                        f"{p.totals['avg_bits']:.3f} | {stages} |")
+        except Exception as e:  # noqa: BLE001 - one architecture's failure is a row of the table
+            rows.append(f"| {arch} | error: {type(e).__name__}: {str(e)[:160]} | | | | | |")
+        finally:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=20)
@@ -171,6 +221,11 @@ def main():
     print("\n#### plan() on a ResNet-50 on the GPU, N = 64, 224 px, budget 16 MiB\n")
     print("| measure | value |\n|---|---|")
     print("\n".join(plan_rows(args.repeats)))
+    print("\n#### plan() (OMPQ) vs one no-grad forward on torchvision architectures, N = 64, 224 px, random init, "
+          "budget 4 bits (ms; ../shared/gpu/tv_plan_gpu.py's measurement)\n")
+    print("| arch | layers | forward | plan() | plan / forward | avg bits | plan() stages (ms) |\n"
+          "|---|---|---|---|---|---|---|")
+    print("\n".join(torchvision_rows(args.repeats)))
 
 
 if __name__ == "__main__":

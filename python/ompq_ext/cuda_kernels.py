@@ -35,15 +35,65 @@ def _workspace(nbytes: int, like: Tensor) -> Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, device=like.device)
 
 
+GRAM_KERNELS = ("auto", "blas", "cuda_cores", "tensor_cores")
+BLAS_CHUNK = 4096  # columns whose products cuBLAS sums in float32; the chunks' sums are added in float64
+_BLAS_BATCH_BYTES = 64 << 20  # float32 chunk products in flight at once
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_takes_16bit(device: torch.device) -> bool:
+    """Whether this torch has bmm with a float32 result for 16-bit inputs (aten::bmm.dtype, torch >= 2.8)."""
+    try:
+        one = torch.ones(1, 1, 1, dtype=torch.float16, device=device)
+        return torch.bmm(one, one, out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+def _use_blas(flat: Tensor) -> bool:
+    """The default Gram on a GPU: cuBLAS (through torch) was 1.3-10x faster than the core's own kernels on every
+    shape and dtype measured on an H200 (docs/BENCHMARKS.md). Not for float32 when torch may round float32
+    products to TF32 (set_float32_matmul_precision below "highest"), nor for 16-bit features where torch cannot
+    return a float32 product: there the core's kernels keep the stated accuracy."""
+    if flat.dtype == torch.float32:
+        return torch.get_float32_matmul_precision() == "highest"
+    return _blas_takes_16bit(flat.device)
+
+
+def gram_blas(flat: Tensor, gram: Tensor, chunk: int = BLAS_CHUNK) -> None:
+    """gram (float64) += flat flatᵀ by torch's batched matrix product on flat's device (cuBLAS on a GPU): the
+    columns in chunks of ``chunk``, each chunk's N x N product summed in float32 (16-bit features: float32
+    products and sums, out_dtype), the chunks summed in float64, the result symmetrised. Reproducible bit for
+    bit on the same device, library versions and shapes; not across GPUs or cuBLAS versions (cuBLAS picks its
+    algorithm per shape and device)."""
+    n, d = flat.shape
+    wide = {} if flat.dtype == torch.float32 else {"out_dtype": torch.float32}
+    full = d // chunk
+    per_batch = max(1, _BLAS_BATCH_BYTES // (4 * n * n))
+    total = torch.zeros(n, n, dtype=torch.float64, device=flat.device)
+    for start in range(0, full, per_batch):
+        count = min(per_batch, full - start)
+        # chunk c of the columns as one matrix of a batch: (count, n, chunk), rows keep their stride
+        chunks = flat.as_strided((count, n, chunk), (chunk, flat.stride(0), 1), flat.storage_offset() + start * chunk)
+        total += torch.bmm(chunks, chunks.transpose(1, 2), **wide).sum(0, dtype=torch.float64)
+    if full * chunk < d:
+        rest = flat[:, full * chunk:].unsqueeze(0)
+        total += torch.bmm(rest, rest.transpose(1, 2), **wide)[0].double()
+    gram += (total + total.T) * 0.5
+
+
 def gram_accumulate(flat: Tensor, gram: Tensor, kernel: str = "auto") -> None:
-    """gram (N x N float64 on flat's device) += flat flatᵀ for N x d features. ``kernel``: "auto"
-    (tensor cores for float16 / bfloat16 on sm_80+), "cuda_cores" or "tensor_cores". float64
-    features go to torch's float64 matmul, which keeps them exact."""
+    """gram (N x N float64 on flat's device) += flat flatᵀ for N x d features. ``kernel``: "auto" (cuBLAS where
+    it keeps the accuracy, see _use_blas; else the core's tensor cores for float16 / bfloat16 on sm_80+, CUDA
+    cores for float32), "blas", "cuda_cores" or "tensor_cores". float64 features go to torch's float64
+    matmul, which keeps them exact."""
     n, d = flat.shape
     if (gram.dtype != torch.float64 or gram.shape != (n, n) or gram.device != flat.device
             or not gram.is_contiguous()):
         raise OmpqValueError(f"gram must be a contiguous {n} x {n} float64 tensor on {flat.device}, got "
                              f"{tuple(gram.shape)} {gram.dtype} on {gram.device}")
+    if kernel not in GRAM_KERNELS:
+        raise OmpqValueError(f"kernel must be one of {', '.join(GRAM_KERNELS)}, got {kernel!r}")
     if n == 0 or d == 0:
         return
     if flat.dtype == torch.float64:
@@ -53,6 +103,13 @@ def gram_accumulate(flat: Tensor, gram: Tensor, kernel: str = "auto") -> None:
         flat = flat.float()
     if flat.stride(-1) != 1:
         flat = flat.contiguous()
+    if kernel == "blas" and flat.dtype != torch.float32 and not _blas_takes_16bit(flat.device):
+        raise OmpqValueError(f"kernel='blas' needs torch's bmm with a float32 result for {flat.dtype} features "
+                             f"(torch >= 2.8), which torch {torch.__version__} lacks; use kernel='auto'")
+    if kernel == "blas" or (kernel == "auto" and _use_blas(flat)):
+        with torch.cuda.device(flat.device):
+            gram_blas(flat, gram)
+        return
     row_stride = flat.stride(0) if n > 1 else d  # one row: its stride is arbitrary
     with torch.cuda.device(flat.device):
         workspace = _workspace(_core.gram_workspace_bytes(n, d), flat)

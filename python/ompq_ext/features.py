@@ -402,6 +402,7 @@ class GramCollector:
         self.num_threads = num_threads
         self.grams = np.zeros((len(layers), num_samples, num_samples))
         self._device_grams: dict[torch.device, torch.Tensor] = {}  # (L, N, N) float64 per CUDA device
+        self._side: dict[torch.device, torch.cuda.Stream] = {}  # where the Grams are formed, beside the forward
         self._on_device: set[int] = set()  # layers with a Gram on a device, checked in finish()
         self._on_host: set[int] = set()
         self.device_grams: torch.Tensor | None = None  # after finish(): every Gram, when all are on one GPU
@@ -409,9 +410,18 @@ class GramCollector:
     def add(self, i: int, out: torch.Tensor, source: str = ""):
         flat = _flatten_samples(out, self.n)
         if flat.device.type == "cuda" and cuda_kernels.usable():
+            # On a side stream that waits for the features (no host synchronisation), so that the forward pass
+            # goes on meanwhile; neither the features' nor the Grams' memory is reused before the side stream is
+            # done with it (also if the pass fails before finish()).
             if flat.device not in self._device_grams:
                 self._device_grams[flat.device] = torch.zeros(self.grams.shape, dtype=torch.float64, device=flat.device)
-            cuda_kernels.gram_accumulate(flat, self._device_grams[flat.device][i])
+                self._side[flat.device] = torch.cuda.Stream(flat.device)
+                self._device_grams[flat.device].record_stream(self._side[flat.device])
+            side = self._side[flat.device]
+            side.wait_stream(torch.cuda.current_stream(flat.device))
+            with torch.cuda.stream(side):
+                cuda_kernels.gram_accumulate(flat, self._device_grams[flat.device][i])
+            flat.record_stream(side)
             self._on_device.add(i)
             return
         array, tag = _gram_operands(flat)
@@ -423,6 +433,9 @@ class GramCollector:
     def finish(self):
         """When every Gram was formed on one GPU they stay there (``device_grams``: the ORM is formed
         there too); otherwise the device Grams are added to the host ones (one copy per device)."""
+        for device, side in self._side.items():  # the Grams are complete before anything reads them
+            torch.cuda.current_stream(device).wait_stream(side)
+        self._side.clear()
         if len(self._device_grams) == 1 and not self._on_host:
             (self.device_grams,) = self._device_grams.values()
             diagonals = torch.diagonal(self.device_grams, dim1=1, dim2=2)
