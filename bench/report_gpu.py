@@ -4,6 +4,7 @@
   the cuBLAS path (torch.bmm over column chunks, float64 across them), marked "(auto)" where the default
   picks it, vs torch.matmul(x, x.T);
 * the ORM matrix formed on the GPU vs the CPU core after copying the Grams (what plan() did before);
+* fake-quant forward alone vs torch's fixed-scale op, with our bandwidth and its share of the device's peak;
 * fake-quant forward+backward vs torch's CUDA ops: with a fixed scale (straight-through gradient only)
   against torch.fake_quantize_per_{channel,tensor}_affine, and with a learnable scale (LSQ) against
   torch._fake_quantize_learnable_per_{channel,tensor}_affine;
@@ -133,6 +134,33 @@ def fake_quant_rows(repeats):
     return rows
 
 
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12}  # bytes/s, by a substring of the device name (SXM figures)
+
+
+def fake_quant_forward_rows(repeats):
+    """The forward alone (no autograd): ours vs torch's fixed-scale op, as bandwidth: 8 bytes per element (read x,
+    write y) over the time, and that as a fraction of the device's peak."""
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BANDWIDTH.items() if k in name), None)
+    rows = []
+    for label, shape, axis, bits, signed in FQ_CASES:
+        qmin, qmax = quant_range(bits, signed)
+        x = torch.randn(shape, device="cuda") * 2
+        channels = 1 if axis is None else shape[axis]
+        scale = torch.rand(channels, device="cuda") * 0.1 + 0.01
+        zero = torch.zeros(channels, device="cuda", dtype=torch.int32)
+        scale_value = scale[0].item()
+        with torch.no_grad():
+            ours = cuda_time(lambda: fake_quantize(x, scale, bits=bits, signed=signed, axis=axis), repeats)
+            theirs = cuda_time(lambda: torch.fake_quantize_per_tensor_affine(x, scale_value, 0, qmin, qmax) if axis is None
+                               else torch.fake_quantize_per_channel_affine(x, scale, zero, axis, qmin, qmax), repeats)
+        rate = 8 * x.numel() / ours
+        share = f"{rate / peak:.0%}" if peak else "n/a"
+        rows.append(f"| {label} | {ours * 1e3:.3f} | {theirs * 1e3:.3f} | **{theirs / ours:.2f}** | {rate / 1e12:.2f} TB/s "
+                    f"| {share} |")
+    return rows
+
+
 def plan_rows(repeats):
     torch.manual_seed(0)
     model = resnet50().cuda().eval()
@@ -165,6 +193,8 @@ def torchvision_rows(repeats, device="cuda", archs=TV_ARCHS):
     """plan() (OMPQ) vs one no-grad forward on torchvision architectures on the GPU: random init, N = 64, 224 px,
     float32, budget 4 bits per weight (../shared/gpu/tv_plan_gpu.py's measurement)."""
     torchvision = load_torchvision()
+    if torchvision is None:
+        return ["| torchvision is not installed | | | | | | |"]
     x = torch.randn(64, 3, 224, 224, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
@@ -218,6 +248,10 @@ def main():
     print("| workload | scale | torch op | ours | torch | ratio | forward bit-for-bit equal |\n"
           "|---|---|---|---|---|---|---|")
     print("\n".join(fake_quant_rows(args.repeats)))
+    print("\n#### Fake quantization forward alone (no autograd; ms; ratio = torch / ours; bandwidth: 8 bytes per "
+          "element over our time, and its share of the device's peak)\n")
+    print("| workload | ours | torch fixed-scale op | ratio | our bandwidth | share of peak |\n|---|---|---|---|---|---|")
+    print("\n".join(fake_quant_forward_rows(args.repeats)))
     print("\n#### plan() on a ResNet-50 on the GPU, N = 64, 224 px, budget 16 MiB\n")
     print("| measure | value |\n|---|---|")
     print("\n".join(plan_rows(args.repeats)))

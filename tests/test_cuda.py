@@ -1,6 +1,7 @@
 """The core's CUDA kernels (issue 5). Tests that need a GPU skip cleanly without one; the argument
 checks of the bindings run wherever the kernels were built."""
 
+import math
 import os
 import shutil
 
@@ -281,13 +282,16 @@ def test_plan_on_a_gpu_model_matches_the_cpu_and_leaves_it_there(monkeypatch):
 @gpu
 @pytest.mark.parametrize("bits, signed", [(2, True), (4, True), (8, True), (8, False), (3, False)])
 @pytest.mark.parametrize("shape, axis", [((64, 3, 3, 3), 0), ((16, 300), 0), ((8, 32, 7, 7), 1), ((5, 7, 11), 2),
-                                         ((40000,), None), ((4, 64, 56, 56), None)])
-def test_fake_quant_forward_equals_torch_on_cuda_bit_for_bit(bits, signed, shape, axis):
+                                         ((40000,), None), ((4, 64, 56, 56), None),
+                                         # four elements per thread with a 0-3 element tail; runs of 12 per channel
+                                         ((40003,), None), ((6, 8, 12), 1)])
+@pytest.mark.parametrize("offset", [0, 1])  # 1: x starts 4 bytes past an aligned address (no float4 loads)
+def test_fake_quant_forward_equals_torch_on_cuda_bit_for_bit(bits, signed, shape, axis, offset):
     from ompq_ext.quant.ops import fake_quantize, quant_range
 
     qmin, qmax = quant_range(bits, signed)
     g = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(shape, device="cuda", generator=g) * 3
+    x = (torch.randn(math.prod(shape) + offset, device="cuda", generator=g) * 3)[offset:].view(shape)
     channels = 1 if axis is None else shape[axis]
     scale = torch.rand(channels, device="cuda", generator=g) * 0.2 + 0.01
     zero = torch.zeros(channels, device="cuda") if signed else torch.randint(0, qmax // 2 + 1, (channels,), device="cuda").float()
