@@ -1,4 +1,5 @@
-"""CP-SAT allocation time for 16..1024 layer groups x 7 bit choices, one budget and two, with
+"""Allocation time for 16..1024 layer groups x 7 bit choices: one budget by the core's exact knapsack (the
+default) and by CP-SAT, two budgets by CP-SAT, with
 the reference's SLSQP relaxation + rounding on the same instances in the same group.
 `python bench/report_solver.py` prints the table for docs/BENCHMARKS.md, with how often the
 reference's rounding breaks the budget or loses objective.
@@ -18,15 +19,18 @@ from ompq_ext.solver import solve, solve_relaxed  # noqa: E402
 
 
 @pytest.mark.parametrize("num_groups", SIZES)
-@pytest.mark.parametrize("how", ["cp-sat size", "cp-sat size+bops", "slsqp+round size"])
+@pytest.mark.parametrize("how", ["knapsack size", "cp-sat size", "auto size+bops", "cp-sat size+bops",
+                                 "slsqp+round size"])
 def test_allocation(benchmark, num_groups, how):
     groups, size, bops = instance(num_groups, seed=num_groups)
     benchmark.group = f"allocation {num_groups} groups x 7 bits"
-    if how == "cp-sat size":
-        a = benchmark.pedantic(lambda: solve(groups, size_budget_bits=size), rounds=3, warmup_rounds=0)
-        assert a.size_bits <= size and a.status == "OPTIMAL"
-    elif how == "cp-sat size+bops":
-        a = benchmark.pedantic(lambda: solve(groups, size_budget_bits=size, bops_budget=bops), rounds=3,
+    if how in ("knapsack size", "cp-sat size"):
+        engine = how.split()[0]
+        a = benchmark.pedantic(lambda: solve(groups, size_budget_bits=size, engine=engine), rounds=3, warmup_rounds=0)
+        assert a.size_bits <= size and a.status == "OPTIMAL" and a.engine == engine
+    elif how.endswith("size+bops"):
+        engine = how.split()[0]
+        a = benchmark.pedantic(lambda: solve(groups, size_budget_bits=size, bops_budget=bops, engine=engine), rounds=3,
                                warmup_rounds=0)
         assert a.size_bits <= size and a.bops <= bops
     else:

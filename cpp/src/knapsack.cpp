@@ -287,16 +287,17 @@ struct Search {
         return KnapsackStatus::optimal;
     }
 
-    // Rounds with the threshold stepping down from the LP bound to the incumbent's value: a round whose best
-    // solution reaches its threshold has seen every solution at least as good, so it holds the optimum.
-    // Near-optimal thresholds keep far fewer states than the incumbent's value would.
+    // Rounds with the threshold stepping down from the LP bound (steps growing 1.5x) to the value of the best
+    // solution known: a round whose best solution reaches its threshold has seen every solution at least as
+    // good, so it holds the optimum. Near-optimal thresholds keep far fewer states than the incumbent's would.
     KnapsackStatus solve(std::size_t max_states, Clock::time_point deadline, KnapsackResult& result, bool& tie,
                          std::int32_t* choices) const {
         const double root = static_cast<double>(start.value) + ref.lambda * static_cast<double>(room - start.cost);
         const double gap = std::max(root - static_cast<double>(ref.incumbent), 0.0);
-        for (double step = std::max(gap / 4096.0, 1.0);; step *= 2.0) {
-            const bool last = step >= gap;
-            const double threshold = last ? static_cast<double>(ref.incumbent) : root - step;
+        i64 floor = ref.incumbent;  // a value some solution reaches
+        for (double step = std::max(gap / 4096.0, 1.0);; step *= 1.5) {
+            const bool last = root - step <= static_cast<double>(floor);
+            const double threshold = last ? static_cast<double>(floor) : root - step;
             bool found = false;
             i64 best = 0;
             tie = false;
@@ -304,6 +305,7 @@ struct Search {
             if (status != KnapsackStatus::optimal) return status;
             if (found && (last || static_cast<double>(best) >= threshold)) return status;
             if (last) throw std::logic_error("internal error: the knapsack bound pruned every state");
+            if (found) floor = std::max(floor, best);  // the next round at most down to this solution's value
         }
     }
 };
