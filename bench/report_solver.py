@@ -62,10 +62,46 @@ def cell(ts):
     return f"{m:.{digits}f} ms ({top:.{digits}f})"
 
 
+def plan_rows(repeats: int = 3):
+    """plan() on torchvision's ResNet-18 and ResNet-50 (random init, N = 32, 112 px, budget 4 bits per weight) with
+    the one-budget solve by the knapsack (the default) and by CP-SAT: the solve stage and the whole plan()."""
+    import torch
+
+    import ompq_ext
+    from ompq_ext import solver as solver_module
+
+    from common import load_torchvision
+
+    torchvision = load_torchvision()
+    x = torch.randn(32, 3, 112, 112)
+    rows = []
+    default = solver_module.solve.__kwdefaults__["engine"]
+    for arch in ("resnet18", "resnet50"):
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, arch)(weights=None).eval()
+        for method in ("ompq", "verified"):
+            timings = {}
+            for engine in ("knapsack", "cp-sat"):
+                solver_module.solve.__kwdefaults__["engine"] = "auto" if engine == "knapsack" else engine
+                try:
+                    runs = [ompq_ext.plan(model, [x], "4bits", method=method, progress=False) for _ in range(repeats)]
+                finally:
+                    solver_module.solve.__kwdefaults__["engine"] = default
+                timings[engine] = (statistics.median(r.timing["solve"] for r in runs),
+                                   statistics.median(r.timing["total"] for r in runs), runs[-1])
+            (sk, tk, pk), (sc, tc, pc) = timings["knapsack"], timings["cp-sat"]
+            rows.append(f"| {arch} | {method} | {len(pk.layers)} | {sk * 1e3:.1f} ms | {sc * 1e3:.1f} ms | "
+                        f"{tk:.2f} s | {tc:.2f} s | {pk.bits == pc.bits} |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=10, help="random instances per size")
+    parser.add_argument("--plans-only", action="store_true", help="only plan() on ResNet-18/50 by each engine")
     args = parser.parse_args()
+    if args.plans_only:
+        return print_plans()
     print(f"Command: `python bench/report_solver.py --instances {args.instances}`  \nMachine: {machine()}\n")
     print(f"{args.instances} random instances per row; times are medians (max in brackets) of solve() with its default "
           "settings (three lexicographic stages: objective, then size used, then the tie-break); 'knapsack' is "
@@ -119,8 +155,19 @@ def main():
           "| reference within budget but worse objective | reference equal or better* |")
     print("|---|---|---|---|---|---|")
     print("\n".join(reference))
+    print_plans()
     print("\n*Within the budget and an objective no lower than the exact solver's (the exact plan is optimal, "
           "so 'better' cannot happen within the budget; equal happens when the relaxation's solution is integral).")
+
+
+def print_plans():
+    print("\nplan() on torchvision ResNets (random init, N = 32, 112 px, budget 4 bits per weight), medians of 3: the "
+          "final solve stage and the whole call (`verified` also solves one plan per candidate while it scores, which "
+          "counts in the whole call), with the one-budget solves by the knapsack (default) and by CP-SAT\n")
+    print("| model | method | layers | final solve, knapsack | final solve, CP-SAT | plan(), knapsack | plan(), CP-SAT "
+          "| same bits |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(plan_rows()))
 
 
 if __name__ == "__main__":
