@@ -41,16 +41,19 @@ def brute_force(values, costs, tiebreaks, capacity):
 def raw_problems(draw):
     """Small problems with many ties (values from a narrow range, tiebreaks equal to costs or not)."""
     groups = draw(st.integers(1, 6))
-    narrow = draw(st.booleans())
+    kind = draw(st.sampled_from(["narrow", "wide", "huge"]))  # huge: sums near 2^62, where doubles round
+    value = {"narrow": st.integers(-3, 3), "wide": st.integers(-10**6, 10**6),
+             "huge": st.integers(-2**59, 2**59) | st.integers(2**59 - 64, 2**59)}[kind]
+    unit = 2**55 if kind == "huge" else 1  # costs in multiples, plus a little, of this (sums stay below 2^62)
     values, costs, tiebreaks = [], [], []
     for _ in range(groups):
         k = draw(st.integers(1, 5))
-        values.append(draw(st.lists(st.integers(-3, 3) if narrow else st.integers(-10**6, 10**6), min_size=k,
-                                    max_size=k)))
-        costs.append(draw(st.lists(st.integers(0, 9), min_size=k, max_size=k)))
+        values.append(draw(st.lists(value, min_size=k, max_size=k)))
+        costs.append([unit * c + draw(st.integers(0, 3)) * (unit > 1) for c in
+                      draw(st.lists(st.integers(0, 9), min_size=k, max_size=k))])
         tiebreaks.append(costs[-1] if draw(st.booleans()) else draw(st.lists(st.integers(0, 4), min_size=k,
                                                                              max_size=k)))
-    capacity = draw(st.integers(0, 40))
+    capacity = draw(st.integers(0, 40)) * unit + draw(st.integers(0, 8))
     return values, costs, tiebreaks, capacity
 
 
