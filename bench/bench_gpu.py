@@ -20,11 +20,13 @@ pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_kernels.
 
 
 @pytest.mark.parametrize("n, d", GRAM_SHAPES)
-@pytest.mark.parametrize("impl", ["cuda_cores", "tensor_cores", "torch.matmul"])
+@pytest.mark.parametrize("impl", ["blas", "cuda_cores", "tensor_cores", "torch.matmul"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gram(benchmark, n, d, impl, dtype):
     if impl == "tensor_cores" and dtype == torch.float32:
         pytest.skip("the tensor-core Gram takes 16-bit features")
+    if impl == "blas" and dtype != torch.float32 and not cuda_kernels._blas_takes_16bit(torch.device("cuda", 0)):
+        pytest.skip("this torch has no bmm with a float32 result for 16-bit inputs")
     x = torch.randn(n, d, device="cuda").to(dtype)
     k = torch.zeros(n, n, dtype=torch.float64, device="cuda")
     benchmark.group = f"gram {dtype} n={n} d={d}"
