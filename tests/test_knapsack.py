@@ -71,6 +71,35 @@ def test_core_equals_brute_force(problem):
         assert states >= peak >= 1
 
 
+def brute_force_two(values, costs, costs2, tiebreaks, capacity, capacity2):
+    best = None
+    for picks in itertools.product(*[range(len(r)) for r in values]):
+        if (sum(c[k] for c, k in zip(costs, picks)) > capacity
+                or sum(c[k] for c, k in zip(costs2, picks)) > capacity2):
+            continue
+        key = (sum(v[k] for v, k in zip(values, picks)), sum(t[k] for t, k in zip(tiebreaks, picks)), picks)
+        best = key if best is None or key > best else best
+    return best
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw_problems(), st.data())
+def test_core_with_two_budgets_equals_brute_force(problem, data):
+    values, costs, tiebreaks, capacity = problem
+    huge = max(max(c) for c in costs) > 2**40
+    costs2 = [data.draw(st.lists(st.integers(0, 2**55 * 9 if huge else 9), min_size=len(r), max_size=len(r)))
+              for r in values]
+    capacity2 = data.draw(st.integers(0, 2**55 * 40 if huge else 40))
+    offsets = np.cumsum([0] + [len(r) for r in values], dtype=np.int64)
+    status, picks, _, _ = _core.solve_knapsack(flat(values), flat(costs), flat(tiebreaks), offsets, capacity,
+                                               costs2=flat(costs2), capacity2=capacity2)
+    expected = brute_force_two(values, costs, costs2, tiebreaks, capacity, capacity2)
+    if expected is None:
+        assert status == "infeasible" and picks is None
+    else:
+        assert status == "optimal" and tuple(picks.tolist()) == expected[2]
+
+
 def test_core_on_a_hand_made_tie():
     # Two optima in value and tiebreak; the lexicographically larger choices win, also when found late.
     values = [[0, 5], [0, 5]]
@@ -169,20 +198,24 @@ def test_knapsack_equals_cp_sat_on_network_sized_instances(seed):
             assert a.bits == b.bits
 
 
-def test_auto_uses_the_knapsack_for_one_budget_and_where_one_decides():
+def test_auto_uses_the_knapsack_for_one_and_two_budgets_and_cp_sat_for_the_rest(monkeypatch):
     groups, size, _ = _network_like(20, 0)
     rng = np.random.default_rng(3)
     groups = [dataclasses.replace(g, macs=g.params * int(rng.choice([1, 49, 784]))) for g in groups]
     assert solve(groups, size_budget_bits=size).engine == "knapsack"
     under_size = solve(groups, size_budget_bits=size)
-    # A BOPs budget the size budget's plan meets: that plan is the answer under both, without CP-SAT.
+    # A BOPs budget the size budget's plan meets: that plan is the answer under both.
     loose = solve(groups, size_budget_bits=size, bops_budget=under_size.bops)
     assert loose.engine == "knapsack" and loose.bits == under_size.bits
     assert loose.bits == solve(groups, size_budget_bits=size, bops_budget=under_size.bops, engine="cp-sat").bits
-    # One it does not meet, nor the BOPs budget's own plan the size budget: CP-SAT.
+    # One it does not meet: the two-budget knapsack, the same plan as CP-SAT's.
     tight = under_size.bops - 1
     both = solve(groups, size_budget_bits=size, bops_budget=tight)
-    assert both.engine == "cp-sat" and both.bops <= tight and both.size_bits <= size
+    assert both.engine == "knapsack" and both.bops <= tight and both.size_bits <= size
+    assert both.bits == solve(groups, size_budget_bits=size, bops_budget=tight, engine="cp-sat").bits
+    # Past its state budget CP-SAT takes over; engine="knapsack" says it could not.
+    monkeypatch.setattr(solver, "KNAPSACK2_MAX_STATES", 1)
+    assert solve(groups, size_budget_bits=size, bops_budget=tight).engine == "cp-sat"
     with pytest.raises(OmpqError, match="no budget alone decided"):
         solve(groups, size_budget_bits=size, bops_budget=tight, engine="knapsack")
     joint = [dataclasses.replace(g, act_choices=(4, 8)) for g in groups]
@@ -229,7 +262,7 @@ def test_cp_sat_takes_over_when_the_knapsack_gives_up(monkeypatch):
         solve(groups, size_budget_bits=size, engine="knapsack")
 
 
-def test_the_plan_records_which_engine_solved_it(tmp_path):
+def test_the_plan_records_which_engine_solved_it(tmp_path, monkeypatch):
     import json
 
     import torch
@@ -239,7 +272,8 @@ def test_the_plan_records_which_engine_solved_it(tmp_path):
 
     model, x = resnet1d(width=8).eval(), torch.randn(16, 1, 40)
     one = ompq_ext.plan(model, [x], "4bits", method="ompq", progress=False)
-    bops = one.totals.bops  # the 4-bit plan's BOPs less one: the BOPs budget binds, so CP-SAT solves
+    monkeypatch.setattr(solver, "KNAPSACK2_MAX_STATES", 1)  # two budgets that both bind then go to CP-SAT
+    bops = one.totals.bops  # the 4-bit plan's BOPs less one: the BOPs budget binds
     two = ompq_ext.plan(model, [x], ["4bits", f"{(bops - 1) / 1e9}GBOPs"], method="ompq", progress=False)
     assert one.solver.engine == "knapsack" and two.solver.engine == "cp-sat"
     one.save(tmp_path / "plan.json")

@@ -304,16 +304,19 @@ py::array_t<std::int64_t> int64_array(const py::object& obj, const char* name) {
     return py::reinterpret_borrow<py::array_t<std::int64_t>>(a);
 }
 
-// The exact one-budget allocation: (status, chosen index per group or None, states kept, peak states).
+// The exact allocation under one budget, or two with costs2: (status, chosen index per group or None, states
+// kept, peak states).
 py::tuple solve_knapsack(const py::object& values_obj, const py::object& costs_obj, const py::object& tiebreaks_obj,
                          const py::object& offsets_obj, std::int64_t capacity, std::int64_t max_states,
-                         double time_limit_s) {
+                         double time_limit_s, const py::object& costs2_obj, std::int64_t capacity2) {
     const auto values = int64_array(values_obj, "values"), costs = int64_array(costs_obj, "costs"),
                tiebreaks = int64_array(tiebreaks_obj, "tiebreaks"), offsets = int64_array(offsets_obj, "offsets");
+    const bool two = !costs2_obj.is_none();
+    const auto costs2 = two ? int64_array(costs2_obj, "costs2") : py::array_t<std::int64_t>(0);
     const py::ssize_t groups = offsets.size() - 1, items = values.size();
     if (groups < 1) fail("offsets must hold at least two entries (one group)");
-    if (costs.size() != items || tiebreaks.size() != items)
-        fail("values, costs and tiebreaks must have the same length");
+    if (costs.size() != items || tiebreaks.size() != items || (two && costs2.size() != items))
+        fail("values, costs, costs2 and tiebreaks must have the same length");
     const std::int64_t* off = offsets.data();
     for (py::ssize_t g = 0; g < groups; ++g)
         if (off[g] < 0 || off[g + 1] <= off[g]) fail("offsets must start at 0 and increase strictly");
@@ -322,12 +325,14 @@ py::tuple solve_knapsack(const py::object& values_obj, const py::object& costs_o
     if (std::isnan(time_limit_s)) fail("time_limit_s must be a number");
     py::array_t<std::int32_t> choices(groups);
     ompq::KnapsackResult result;
-    const std::int64_t *v = values.data(), *c = costs.data(), *t = tiebreaks.data();
+    const std::int64_t *v = values.data(), *c = costs.data(), *t = tiebreaks.data(), *c2 = two ? costs2.data() : nullptr;
     std::int32_t* out = choices.mutable_data();
     try {
         py::gil_scoped_release release;
-        result = ompq::solve_knapsack(v, c, t, off, static_cast<std::size_t>(groups), capacity,
-                                      static_cast<std::size_t>(max_states), time_limit_s, out);
+        const auto g = static_cast<std::size_t>(groups);
+        const auto states = static_cast<std::size_t>(max_states);
+        result = two ? ompq::solve_knapsack2(v, c, c2, t, off, g, capacity, capacity2, states, time_limit_s, out)
+                     : ompq::solve_knapsack(v, c, t, off, g, capacity, states, time_limit_s, out);
     } catch (const std::invalid_argument& e) {
         fail(e.what());
     }
@@ -508,10 +513,10 @@ PYBIND11_MODULE(_core, m) {
 #endif
     m.def("solve_knapsack", &solve_knapsack, py::arg("values"), py::arg("costs"), py::arg("tiebreaks"),
           py::arg("offsets"), py::arg("capacity"), py::arg("max_states") = std::int64_t{1} << 24,
-          py::arg("time_limit_s") = 0.0,
+          py::arg("time_limit_s") = 0.0, py::arg("costs2") = py::none(), py::arg("capacity2") = 0,
           "Exact multiple-choice knapsack (ompq/knapsack.hpp): one choice per group [offsets[g], offsets[g+1]), "
-          "sum of costs <= capacity, largest (sum of values, sum of tiebreaks, choices lexicographically). "
-          "Returns (status, choices or None, states kept, peak states).");
+          "sum of costs <= capacity (and of costs2 <= capacity2 if given), largest (sum of values, sum of "
+          "tiebreaks, choices lexicographically). Returns (status, choices or None, states kept, peak states).");
     m.def("available_isas", &ompq::available_isas, "Instruction sets whose kernels run on this CPU.");
     m.def("best_isa", &ompq::best_isa, "The instruction set used by default.");
 }

@@ -15,9 +15,10 @@ namespace {
 using i64 = std::int64_t;
 constexpr i64 kSumLimit = i64{1} << 62;
 
-struct Item {  // one choice of a group: its cost above the group's cheapest, value, tiebreak, own index
+struct Item {  // one choice of a group: its costs above the group's cheapest, value, tiebreak, own index
     i64 cost, value, tiebreak;
     std::int32_t index;
+    i64 cost2 = 0;  // under a second budget (0 without one)
 };
 
 using Clock = std::chrono::steady_clock;
@@ -76,7 +77,8 @@ struct Reference {
     std::vector<std::size_t> at;  // the reference choice of each group (position in items[g])
     std::vector<double> up, down;  // slope of the hull edge leaving it upwards (0: none) and arriving from below (inf: none)
     double lambda = 0.0;
-    i64 incumbent = 0;
+    i64 incumbent = 0;             // the value of the greedy solution below
+    std::vector<std::size_t> filled;  // the greedy solution: the reference plus the edges that still fit after it
 };
 
 Reference lp_reference(const std::vector<std::vector<Item>>& items, i64 room) {
@@ -124,6 +126,7 @@ Reference lp_reference(const std::vector<std::vector<Item>>& items, i64 room) {
         if (j + 1 < h.size()) ref.up[g] = slope(j, j + 1);
         if (j > 0) ref.down[g] = slope(j - 1, j);
         ref.incumbent += items[g][h[at[g]]].value;
+        ref.filled.push_back(h[at[g]]);
     }
     return ref;
 }
@@ -131,12 +134,14 @@ Reference lp_reference(const std::vector<std::vector<Item>>& items, i64 room) {
 struct State {
     i64 cost, value, tiebreak;  // of the whole solution: the groups not yet decided at their reference
     std::uint32_t lex;          // lexicographic rank of the choices so far (natural order only)
+    i64 cost2;                  // under the second budget
 };
 
 struct Child {
     i64 cost, value, tiebreak;
     std::uint32_t parent_lex, parent;
     std::int32_t index;  // the choice within the group
+    i64 cost2;
 };
 
 // Cheaper first; at equal cost the better one first: larger value, tiebreak, then choices.
@@ -157,6 +162,29 @@ bool better(const Child& x, const Child& y, bool lexicographic) {
     return x.index > y.index;
 }
 
+// Best-so-far over a prefix of ranks (a Fenwick tree of state indices, compared by `better`): the kept state
+// that beats all others among those whose second cost is at most a given one.
+class PrefixBest {
+  public:
+    void reset(std::size_t size) { tree_.assign(size + 1, kNone); }
+    template <typename Better>
+    std::uint32_t query(std::size_t rank, Better better) const {  // over ranks 0..rank
+        std::uint32_t best = kNone;
+        for (std::size_t i = rank + 1; i > 0; i -= i & (~i + 1))
+            if (tree_[i] != kNone && (best == kNone || better(tree_[i], best))) best = tree_[i];
+        return best;
+    }
+    template <typename Better>
+    void insert(std::size_t rank, std::uint32_t index, Better better) {
+        for (std::size_t i = rank + 1; i < tree_.size(); i += i & (~i + 1))
+            if (tree_[i] == kNone || better(index, tree_[i])) tree_[i] = index;
+    }
+    static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+
+  private:
+    std::vector<std::uint32_t> tree_;
+};
+
 // The dynamic program over the groups in a given order, starting from the reference solution: a state is
 // the reference with the groups decided so far changed, so it may cost more than the room while the groups
 // to come can still give cost back. Its bound (Dembo and Hammer): the groups to come can add cost only at
@@ -167,35 +195,58 @@ bool better(const Child& x, const Child& y, bool lexicographic) {
 // (Lagrangian bounds with multipliers low <= lambda <= high, at which the reference choice is each group's
 // best.) Processing the groups closest to the LP's multiplier first makes low and high move away from it,
 // which tightens the bound for every state that strays from the room.
+// With a second budget the value in that bound is value - mu * cost2 (the second budget relaxed with a
+// multiplier mu >= 0, so value <= that + mu * room2 for every plan within it; the hull and slopes come from
+// `guide` values, that quantity scaled and rounded to integers, whose rounding `slack` covers), states that
+// cannot get back under the second room are dropped, and a state is dominated only by one that costs no more
+// under both budgets.
 struct Search {
     const std::vector<std::vector<Item>>& items;
     const Reference& ref;
-    i64 room;
+    i64 room, room2;
+    double mu;                       // multiplier of the second budget (0 without one)
+    bool two;                        // a second budget
     std::vector<std::size_t> order;  // the groups in processing order
     bool lexicographic;              // natural order: ranks for the last tie-break; else only detect ties
-    std::vector<double> low, high;   // over the groups from position i on
-    std::vector<i64> give_back;      // the most cost the groups from position i on can give back
-    double margin;                   // covers the rounding of values and thresholds in doubles
-    State start{0, 0, 0, 0};         // the reference solution
+    std::vector<double> low, high;   // over the groups from position i on, in value per unit of cost
+    std::vector<i64> give_back, give_back2;  // the most cost the groups from position i on can give back
+    double margin;                   // covers the rounding of values, thresholds and guide values in doubles
+    State start{0, 0, 0, 0, 0};      // the reference solution
 
-    Search(const std::vector<std::vector<Item>>& items_, const Reference& ref_, i64 room_,
-           std::vector<std::size_t> order_, bool lexicographic_, double value_total)
-        : items(items_), ref(ref_), room(room_), order(std::move(order_)), lexicographic(lexicographic_) {
+    Search(const std::vector<std::vector<Item>>& items_, const Reference& ref_, i64 room_, i64 room2_, double mu_,
+           bool two_, double guide_scale, std::vector<std::size_t> order_, bool lexicographic_, double value_total)
+        : items(items_), ref(ref_), room(room_), room2(room2_), mu(mu_), two(two_), order(std::move(order_)),
+          lexicographic(lexicographic_) {
         const std::size_t n = order.size();
         low.assign(n + 1, 0.0);
         high.assign(n + 1, std::numeric_limits<double>::infinity());
         give_back.assign(n + 1, 0);
+        give_back2.assign(n + 1, 0);
         for (std::size_t i = n; i-- > 0;) {
             const std::size_t g = order[i];
-            low[i] = std::max(low[i + 1], ref.up[g]);
-            high[i] = std::min(high[i + 1], ref.down[g]);
+            low[i] = std::max(low[i + 1], ref.up[g] / guide_scale);
+            high[i] = std::min(high[i + 1], ref.down[g] / guide_scale);
             const Item& r = items[g][ref.at[g]];
             give_back[i] = give_back[i + 1] + r.cost;
+            give_back2[i] = give_back2[i + 1] + r.cost2;  // costs are reduced: every group's cheapest is 0
             start.cost += r.cost;
             start.value += r.value;
             start.tiebreak += r.tiebreak;
+            start.cost2 += r.cost2;
         }
-        margin = std::ldexp(value_total, -48);
+        // Guide values are within 0.5 / guide_scale of value - mu * cost2 for each group: twice that per group
+        // bounds what rounding adds to a plan's bound.
+        const double slack = two ? static_cast<double>(n) / guide_scale : 0.0;
+        margin = std::ldexp(value_total + mu * static_cast<double>(room2), -48) + slack;
+    }
+
+    // The state's bound (see above) and a margin for its rounding.
+    double bound(i64 value, i64 cost, i64 cost2, std::size_t next, double& rounding) const {
+        const double spare = static_cast<double>(room - cost);
+        const double trade = spare >= 0 ? low[next] * spare : high[next] * spare;
+        const double relaxed = two ? mu * static_cast<double>(room2 - cost2) : 0.0;
+        rounding = std::ldexp(std::fabs(trade) + std::fabs(relaxed), -48);
+        return static_cast<double>(value) + relaxed + trade;
     }
 
     // Keeps only states whose bound reaches threshold. On success writes the best complete solution kept
@@ -212,6 +263,8 @@ struct Search {
         std::vector<std::vector<Child>> lists;
         std::vector<Child> kept;
         std::vector<std::uint32_t> rank;
+        std::vector<i64> seconds;  // the children's second costs, sorted: ranks for the 2-D dominance
+        PrefixBest prefix;
         std::size_t count = 0;
         found = false;
         for (std::size_t i = 0; i < n; ++i) {
@@ -220,21 +273,31 @@ struct Search {
             const Item& r = items[g][ref.at[g]];
             // One list of children per choice, each sorted by cost like the parents; bounds prune.
             lists.assign(items[g].size(), {});
+            seconds.clear();
             for (std::size_t j = 0; j < items[g].size(); ++j) {
                 const Item& it = items[g][j];
                 for (std::uint32_t p = 0; p < states.size(); ++p) {
                     const State& s = states[p];
                     const i64 cost = s.cost - r.cost + it.cost;
                     if (cost - give_back[i + 1] > room) break;  // cannot get back under the room
+                    const i64 cost2 = s.cost2 - r.cost2 + it.cost2;
+                    if (cost2 - give_back2[i + 1] > room2 && two) continue;
                     const i64 value = s.value - r.value + it.value;
-                    const double spare = static_cast<double>(room - cost);
-                    const double trade = spare >= 0 ? low[i + 1] * spare : high[i + 1] * spare;
-                    if (static_cast<double>(value) + trade < cut - std::ldexp(std::fabs(trade), -48)) continue;
-                    lists[j].push_back({cost, value, s.tiebreak - r.tiebreak + it.tiebreak, s.lex, p, it.index});
+                    double rounding = 0;
+                    if (bound(value, cost, cost2, i + 1, rounding) < cut - rounding) continue;
+                    lists[j].push_back({cost, value, s.tiebreak - r.tiebreak + it.tiebreak, s.lex, p, it.index, cost2});
+                    if (two) seconds.push_back(cost2);
                 }
             }
-            // Merge by cost; keep a child only if it beats every cheaper (or equally cheap, earlier) one.
+            if (two) {
+                std::sort(seconds.begin(), seconds.end());
+                seconds.erase(std::unique(seconds.begin(), seconds.end()), seconds.end());
+                prefix.reset(seconds.size());
+            }
+            // Merge by cost; keep a child only if it beats every kept one that costs no more (one budget: the
+            // cheaper or equally cheap ones before it, the last of which is the best).
             kept.clear();
+            auto beats = [&](std::uint32_t a, std::uint32_t b) { return better(kept[a], kept[b], lexicographic); };
             std::vector<std::size_t> head(lists.size(), 0);
             for (;;) {
                 std::size_t pick = lists.size();
@@ -244,11 +307,19 @@ struct Search {
                         pick = j;
                 if (pick == lists.size()) break;
                 const Child& c = lists[pick][head[pick]++];
-                if (kept.empty() || better(c, kept.back(), lexicographic)) {
+                std::size_t at2 = 0;
+                std::uint32_t rival = kept.empty() ? PrefixBest::kNone : static_cast<std::uint32_t>(kept.size() - 1);
+                if (two) {
+                    at2 = static_cast<std::size_t>(std::lower_bound(seconds.begin(), seconds.end(), c.cost2) -
+                                                   seconds.begin());
+                    rival = prefix.query(at2, beats);
+                }
+                if (rival == PrefixBest::kNone || better(c, kept[rival], lexicographic)) {
                     kept.push_back(c);
                     tied[i].push_back(false);
-                } else if (c.value == kept.back().value && c.tiebreak == kept.back().tiebreak) {
-                    tied[i].back() = true;  // c does as well as the state kept: its choices could win the tie-break
+                    if (two) prefix.insert(at2, static_cast<std::uint32_t>(kept.size() - 1), beats);
+                } else if (c.value == kept[rival].value && c.tiebreak == kept[rival].tiebreak) {
+                    tied[i][rival] = true;  // c does as well as the state kept: its choices could win the tie-break
                 }
             }
             if (kept.empty()) return KnapsackStatus::optimal;  // nothing reaches the threshold
@@ -270,14 +341,23 @@ struct Search {
             parents[i].resize(kept.size());
             picks[i].resize(kept.size());
             for (std::size_t k = 0; k < kept.size(); ++k) {
-                states[k] = {kept[k].cost, kept[k].value, kept[k].tiebreak, rank[k]};
+                states[k] = {kept[k].cost, kept[k].value, kept[k].tiebreak, rank[k], kept[k].cost2};
                 parents[i][k] = kept[k].parent;
                 picks[i][k] = kept[k].index;
             }
         }
-        // Each kept state beats all cheaper ones, so the last is the best.
+        // The best complete solution: one budget, the last kept (each beats all cheaper ones); two, the best.
         std::uint32_t at = static_cast<std::uint32_t>(states.size() - 1);
+        for (std::uint32_t k = 0; two && k < states.size(); ++k) {
+            const State &x = states[k], &y = states[at];
+            const bool wins = x.value != y.value ? x.value > y.value
+                              : x.tiebreak != y.tiebreak ? x.tiebreak > y.tiebreak
+                                                         : lexicographic && x.lex > y.lex;
+            if (wins) at = k;
+        }
         best = states[at].value;
+        for (std::uint32_t k = 0; two && !lexicographic && k < states.size(); ++k)  // equally good, other costs
+            tie = tie || (k != at && states[k].value == best && states[k].tiebreak == states[at].tiebreak);
         for (std::size_t i = n; i-- > 0;) {
             choices[order[i]] = picks[i][at];
             tie = tie || tied[i][at];
@@ -288,13 +368,13 @@ struct Search {
     }
 
     // Rounds with the threshold stepping down from the LP bound (steps growing 1.5x) to the value of the best
-    // solution known: a round whose best solution reaches its threshold has seen every solution at least as
-    // good, so it holds the optimum. Near-optimal thresholds keep far fewer states than the incumbent's would.
-    KnapsackStatus solve(std::size_t max_states, Clock::time_point deadline, KnapsackResult& result, bool& tie,
-                         std::int32_t* choices) const {
-        const double root = static_cast<double>(start.value) + ref.lambda * static_cast<double>(room - start.cost);
-        const double gap = std::max(root - static_cast<double>(ref.incumbent), 0.0);
-        i64 floor = ref.incumbent;  // a value some solution reaches
+    // solution known (`floor`): a round whose best solution reaches its threshold has seen every solution at
+    // least as good, so it holds the optimum. Near-optimal thresholds keep far fewer states than the floor.
+    KnapsackStatus solve(i64 floor, std::size_t max_states, Clock::time_point deadline, KnapsackResult& result,
+                         bool& tie, std::int32_t* choices) const {
+        double rounding = 0;
+        const double root = bound(start.value, start.cost, start.cost2, 0, rounding);  // the LP bound
+        const double gap = std::max(root - static_cast<double>(floor), 0.0);
         for (double step = std::max(gap / 4096.0, 1.0);; step *= 1.5) {
             const bool last = root - step <= static_cast<double>(floor);
             const double threshold = last ? static_cast<double>(floor) : root - step;
@@ -304,7 +384,10 @@ struct Search {
             const KnapsackStatus status = run(threshold, max_states, deadline, result, found, tie, best, choices);
             if (status != KnapsackStatus::optimal) return status;
             if (found && (last || static_cast<double>(best) >= threshold)) return status;
-            if (last) throw std::logic_error("internal error: the knapsack bound pruned every state");
+            if (last) {
+                if (floor == std::numeric_limits<i64>::min()) return KnapsackStatus::infeasible;
+                throw std::logic_error("internal error: the knapsack bound pruned every state");
+            }
             if (found) floor = std::max(floor, best);  // the next round at most down to this solution's value
         }
     }
@@ -319,50 +402,155 @@ void check_sum(i64& sum, i64 term, const char* what) {
 
 }  // namespace
 
-KnapsackResult solve_knapsack(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* tiebreaks,
-                              const std::int64_t* offsets, std::size_t num_groups, std::int64_t capacity,
-                              std::size_t max_states, double time_limit_s, std::int32_t* choices) {
+namespace {
+
+// The LP bound of the guide problem (values - mu * costs2, scaled to integers) and its reference; scale: what
+// the guide values were multiplied by.
+struct Guide {
+    std::vector<std::vector<Item>> items;
+    Reference ref;
+    double scale = 1.0;
+};
+
+Guide guide_at(const std::vector<std::vector<Item>>& items, i64 room, double mu) {
+    Guide guide{items, {}, 1.0};
+    if (mu > 0) {
+        double top = 1.0;
+        for (const auto& group : items)
+            for (const Item& it : group)
+                top = std::max(top, std::fabs(static_cast<double>(it.value) - mu * static_cast<double>(it.cost2)));
+        guide.scale = std::ldexp(1.0, 52 - std::ilogb(top) - 1 - std::ilogb(static_cast<double>(items.size()) + 1));
+        for (auto& group : guide.items)
+            for (Item& it : group)
+                it.value = std::llround((static_cast<double>(it.value) - mu * static_cast<double>(it.cost2)) *
+                                        guide.scale);
+    }
+    guide.ref = lp_reference(guide.items, room);
+    return guide;
+}
+
+// The Lagrangian bound of the two-budget problem at mu: the guide's LP bound plus mu * room2.
+double lagrangian_bound(const std::vector<std::vector<Item>>& items, i64 room, i64 room2, double mu) {
+    const Guide guide = guide_at(items, room, mu);
+    double value = 0, cost = 0;
+    for (std::size_t g = 0; g < items.size(); ++g) {
+        value += static_cast<double>(guide.items[g][guide.ref.at[g]].value);
+        cost += static_cast<double>(items[g][guide.ref.at[g]].cost);
+    }
+    return (value + guide.ref.lambda * (static_cast<double>(room) - cost)) / guide.scale + mu * static_cast<double>(room2);
+}
+
+// The multiplier of the second budget that makes the Lagrangian bound smallest (any mu >= 0 gives a valid
+// bound; a good one keeps fewer states): powers of two first, then a golden-section search between the
+// neighbours of the best.
+double best_multiplier(const std::vector<std::vector<Item>>& items, i64 room, i64 room2) {
+    double top = 0;  // a multiplier past which every group is best at its cheapest second cost
+    for (const auto& group : items)
+        for (const Item& a : group)
+            for (const Item& b : group)
+                if (b.cost2 > a.cost2 && b.value > a.value)
+                    top = std::max(top, static_cast<double>(b.value - a.value) / static_cast<double>(b.cost2 - a.cost2));
+    if (top == 0) return 0.0;
+    double best_mu = 0, best = lagrangian_bound(items, room, room2, 0.0);
+    for (double mu = top; mu > top * 1e-15; mu *= 0.25) {
+        const double b = lagrangian_bound(items, room, room2, mu);
+        if (b < best) best = b, best_mu = mu;
+    }
+    double lo = best_mu * 0.25, hi = best_mu == 0 ? top * 1e-15 : std::min(best_mu * 4, top);
+    const double phi = 0.6180339887498949;
+    for (int k = 0; k < 40; ++k) {
+        const double a = hi - phi * (hi - lo), b = lo + phi * (hi - lo);
+        if (lagrangian_bound(items, room, room2, a) < lagrangian_bound(items, room, room2, b)) hi = b; else lo = a;
+    }
+    const double mu = 0.5 * (lo + hi);
+    return lagrangian_bound(items, room, room2, mu) < best ? mu : best_mu;
+}
+
+KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* costs2,
+                         const std::int64_t* tiebreaks, const std::int64_t* offsets, std::size_t num_groups,
+                         std::int64_t capacity, std::int64_t capacity2, std::size_t max_states, double time_limit_s,
+                         std::int32_t* choices) {
     const auto deadline = time_limit_s > 0 ? Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                                  std::chrono::duration<double>(time_limit_s))
                                            : Clock::time_point::max();
+    const bool two = costs2 != nullptr;
     if (num_groups == 0) throw std::invalid_argument("no groups: give at least one");
     if (offsets[0] != 0) throw std::invalid_argument("offsets[0] must be 0");
-    if (capacity < 0) throw std::invalid_argument("capacity must be >= 0");
+    if (capacity < 0 || capacity2 < 0) throw std::invalid_argument("capacity must be >= 0");
     max_states = std::min<std::size_t>(max_states, std::numeric_limits<std::uint32_t>::max());
 
-    // Items with costs reduced by their group's cheapest; the reduced capacity.
+    // Items with costs reduced by their group's cheapest; the reduced capacities.
     std::vector<std::vector<Item>> items(num_groups);
-    i64 cheapest_total = 0, value_total = 0, tiebreak_total = 0, cost_total = 0;
+    i64 cheapest_total = 0, cheapest2_total = 0, value_total = 0, tiebreak_total = 0, cost_total = 0, cost2_total = 0;
     for (std::size_t g = 0; g < num_groups; ++g) {
         const i64 begin = offsets[g], end = offsets[g + 1];
         if (end <= begin) throw std::invalid_argument("group " + std::to_string(g) + " has no choices");
         if (end - begin > std::numeric_limits<std::int32_t>::max())
             throw std::invalid_argument("group " + std::to_string(g) + " has too many choices");
-        i64 cheapest = std::numeric_limits<i64>::max(), top_value = 0, top_tiebreak = 0, top_cost = 0;
+        i64 cheapest = std::numeric_limits<i64>::max(), cheapest2 = cheapest, top_value = 0, top_tiebreak = 0,
+            top_cost = 0, top_cost2 = 0;
         for (i64 i = begin; i < end; ++i) {
-            if (costs[i] < 0 || tiebreaks[i] < 0) throw std::invalid_argument("costs and tiebreaks must be >= 0");
+            const i64 c2 = two ? costs2[i] : 0;
+            if (costs[i] < 0 || c2 < 0 || tiebreaks[i] < 0)
+                throw std::invalid_argument("costs and tiebreaks must be >= 0");
             if (values[i] < -kSumLimit || values[i] > kSumLimit)
                 throw std::invalid_argument("a value's magnitude exceeds 2^62; express it in coarser units");
             cheapest = std::min(cheapest, costs[i]);
+            cheapest2 = std::min(cheapest2, c2);
             top_value = std::max(top_value, values[i] < 0 ? -values[i] : values[i]);
             top_tiebreak = std::max(top_tiebreak, tiebreaks[i]);
             top_cost = std::max(top_cost, costs[i]);
+            top_cost2 = std::max(top_cost2, c2);
         }
         check_sum(value_total, top_value, "absolute value");
         check_sum(tiebreak_total, top_tiebreak, "tiebreak");
         check_sum(cost_total, top_cost, "cost");
+        check_sum(cost2_total, top_cost2, "second cost");
         cheapest_total += cheapest;  // <= cost_total
+        cheapest2_total += cheapest2;
         for (i64 i = begin; i < end; ++i)
-            items[g].push_back({costs[i] - cheapest, values[i], tiebreaks[i], static_cast<std::int32_t>(i - begin)});
+            items[g].push_back({costs[i] - cheapest, values[i], tiebreaks[i], static_cast<std::int32_t>(i - begin),
+                                (two ? costs2[i] : 0) - cheapest2});
     }
     KnapsackResult result;
-    if (cheapest_total > capacity) return result;  // infeasible
-    const i64 room = std::min(capacity - cheapest_total, cost_total);  // more room than all costs changes nothing
-    for (auto& group : items)  // a choice that alone costs more than the room can never be taken
-        group.erase(std::remove_if(group.begin(), group.end(), [&](const Item& it) { return it.cost > room; }),
-                    group.end());
+    if (cheapest_total > capacity || cheapest2_total > capacity2) return result;  // infeasible
+    i64 room = std::min(capacity - cheapest_total, cost_total);  // more room than all costs changes nothing
+    i64 room2 = std::min(capacity2 - cheapest2_total, cost2_total);
+    // A choice that alone costs more than a room can never be taken. With two budgets dropping it may drop a
+    // group's cheapest under the other budget: costs are reduced again and the rooms shrink, until nothing
+    // changes (every group keeps a choice of cost 0 under each budget, which the bounds rely on).
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (auto& group : items) {
+            const std::size_t before = group.size();
+            group.erase(std::remove_if(group.begin(), group.end(),
+                                       [&](const Item& it) { return it.cost > room || it.cost2 > room2; }),
+                        group.end());
+            if (group.empty()) return result;  // infeasible
+            i64 least = std::numeric_limits<i64>::max(), least2 = least;
+            for (const Item& it : group) least = std::min(least, it.cost), least2 = std::min(least2, it.cost2);
+            for (Item& it : group) it.cost -= least, it.cost2 -= least2;
+            room -= least;
+            room2 -= least2;
+            if (room < 0 || room2 < 0) return result;  // infeasible
+            changed = changed || group.size() != before || least > 0 || least2 > 0;
+        }
+    }
 
-    const Reference ref = lp_reference(items, room);
+    const double mu = two ? best_multiplier(items, room, room2) : 0.0;
+    const Guide guide = guide_at(items, room, mu);
+    const Reference& ref = guide.ref;
+    // A value some plan within both budgets reaches: one budget, the greedy solution; two, the greedy solution
+    // of the guide problem if it meets the second budget, else none (the last round keeps every state).
+    i64 floor = ref.incumbent;
+    if (two) {
+        i64 value = 0, cost2 = 0;
+        for (std::size_t g = 0; g < num_groups; ++g) {
+            value += items[g][ref.filled[g]].value;
+            cost2 += items[g][ref.filled[g]].cost2;
+        }
+        floor = cost2 <= room2 ? value : std::numeric_limits<i64>::min();
+    }
 
     // First the groups closest to the LP's multiplier; ties in (value, tiebreak) met there are broken again
     // by a run in the natural order, which ranks the choices lexicographically.
@@ -376,14 +564,32 @@ KnapsackResult solve_knapsack(const std::int64_t* values, const std::int64_t* co
     std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return distance[a] < distance[b]; });
     const double value_scale = static_cast<double>(value_total);
     bool tie = false;
-    KnapsackStatus status = Search(items, ref, room, order, false, value_scale)
-                                .solve(max_states, deadline, result, tie, choices);
+    KnapsackStatus status = Search(items, ref, room, room2, mu, two, guide.scale, order, false, value_scale)
+                                .solve(floor, max_states, deadline, result, tie, choices);
     if (status == KnapsackStatus::optimal && tie) {
         for (std::size_t g = 0; g < num_groups; ++g) order[g] = g;
-        status = Search(items, ref, room, order, true, value_scale).solve(max_states, deadline, result, tie, choices);
+        status = Search(items, ref, room, room2, mu, two, guide.scale, order, true, value_scale)
+                     .solve(floor, max_states, deadline, result, tie, choices);
     }
     result.status = status;
     return result;
+}
+
+}  // namespace
+
+KnapsackResult solve_knapsack(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* tiebreaks,
+                              const std::int64_t* offsets, std::size_t num_groups, std::int64_t capacity,
+                              std::size_t max_states, double time_limit_s, std::int32_t* choices) {
+    return solve_any(values, costs, nullptr, tiebreaks, offsets, num_groups, capacity, 0, max_states, time_limit_s,
+                     choices);
+}
+
+KnapsackResult solve_knapsack2(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* costs2,
+                               const std::int64_t* tiebreaks, const std::int64_t* offsets, std::size_t num_groups,
+                               std::int64_t capacity, std::int64_t capacity2, std::size_t max_states,
+                               double time_limit_s, std::int32_t* choices) {
+    return solve_any(values, costs, costs2, tiebreaks, offsets, num_groups, capacity, capacity2, max_states,
+                     time_limit_s, choices);
 }
 
 }  // namespace ompq

@@ -531,24 +531,30 @@ ENGINES = ("auto", "knapsack", "cp-sat")
 KNAPSACK_MAX_STATES = 1 << 24  # ~100 MB of back pointers; past it the knapsack gives way to CP-SAT
 
 
-def _knapsack(groups, allowed, cost: _Costs, rows, seconds):
-    """The core's exact multiple-choice knapsack on one budget (``rows``: the integer objective table, one
-    {bits: value} per group): the same three stages as CP-SAT's model (largest objective, then size used,
-    then the lexicographically largest bits). Returns the bits, or None where it does not apply (a cost
-    below 0 or sums past 2**62) or gave up (too many states, time)."""
+KNAPSACK2_MAX_STATES = 1 << 20  # two budgets: a few hundred ms of trying before CP-SAT takes over
+
+
+def _knapsack(groups, allowed, costs: list[_Costs], rows, seconds):
+    """The core's exact multiple-choice knapsack on one budget, or two (``rows``: the integer objective table,
+    one {bits: value} per group): the same three stages as CP-SAT's model (largest objective, then size used,
+    then the lexicographically largest bits). Returns the bits, or None where it does not apply (a cost below 0
+    or sums past 2**62) or gave up (too many states, time)."""
     import numpy as np
 
     from . import _core
 
     sizes = [{b: g.params * b for b in bits} for g, bits in zip(groups, allowed)]
-    tables = (rows, cost.int_table, sizes)
-    if any(v < 0 for row in cost.int_table for v in row.values()) or any(
+    tables = [rows, sizes] + [c.int_table for c in costs]
+    if any(v < 0 for c in costs for row in c.int_table for v in row.values()) or any(
             sum(max(abs(v) for v in row.values()) for row in table) > 2**62 for table in tables):
         return None
-    flat = [np.array([row[b] for row, bits in zip(table, allowed) for b in bits], dtype=np.int64) for table in tables]
+    values, tiebreaks, *flat = [np.array([row[b] for row, bits in zip(table, allowed) for b in bits], dtype=np.int64)
+                                for table in tables]
     offsets = np.cumsum([0] + [len(bits) for bits in allowed], dtype=np.int64)
-    status, picks, _, _ = _core.solve_knapsack(*flat, offsets, cost.int_limit, max_states=KNAPSACK_MAX_STATES,
-                                               time_limit_s=max(seconds, 1e-3))
+    second = {} if len(costs) == 1 else {"costs2": flat[1], "capacity2": costs[1].int_limit}
+    max_states = KNAPSACK_MAX_STATES if len(costs) == 1 else KNAPSACK2_MAX_STATES
+    status, picks, _, _ = _core.solve_knapsack(values, flat[0], tiebreaks, offsets, costs[0].int_limit,
+                                               max_states=max_states, time_limit_s=max(seconds, 1e-3), **second)
     if status != "optimal":
         return None
     return [bits[k] for bits, k in zip(allowed, picks.tolist())]
@@ -681,13 +687,15 @@ def solve(
         # Each budget alone, while none is solved: an answer under one budget that meets the others is the
         # answer under all (dropping a budget only enlarges the set the three stages choose from).
         for c in costs:
-            alone = _knapsack(groups, allowed, c, rows, start + time_limit_s - time.perf_counter())
+            alone = _knapsack(groups, allowed, [c], rows, start + time_limit_s - time.perf_counter())
             if alone is not None and all(o.within(alone) for o in costs):
                 bits = alone
                 break
+        if bits is None and len(costs) == 2:  # both bind: the two-budget knapsack, within a state budget
+            bits = _knapsack(groups, allowed, costs, rows, start + time_limit_s - time.perf_counter())
         if bits is None and engine == "knapsack":
             raise OmpqError(f"the knapsack solver found no proven optimum within time_limit_s={time_limit_s} and "
-                            f"{KNAPSACK_MAX_STATES} states{'' if len(costs) == 1 else ', or no budget alone decided'}"
+                            f"{KNAPSACK_MAX_STATES} states{'' if len(costs) == 1 else ' (two budgets: ' + str(KNAPSACK2_MAX_STATES) + '), or no budget alone decided'}"
                             "; use engine='auto' (CP-SAT takes over)")
     if bits is not None:
         status, acts, used = "OPTIMAL", [a[0] for a in act_allowed], "knapsack"

@@ -28,7 +28,7 @@ namespace ompq {
 
 enum class KnapsackStatus {
     optimal,           // choices holds the optimum
-    infeasible,        // even the cheapest choice of every group costs more than capacity
+    infeasible,        // no choice of every group stays within the capacity (or capacities)
     too_many_states,   // stopped: more than max_states states were kept
     time_limit,        // stopped: time_limit_s passed
 };
@@ -47,5 +47,15 @@ struct KnapsackResult {
 KnapsackResult solve_knapsack(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* tiebreaks,
                               const std::int64_t* offsets, std::size_t num_groups, std::int64_t capacity,
                               std::size_t max_states, double time_limit_s, std::int32_t* choices);
+
+// Two budgets: also sum of costs2 <= capacity2 (costs2 >= 0, the same sum limit). The same order of priority.
+// The DP keeps states that cost no more under both budgets apart (a state is dropped only for one that
+// costs no more under either and is at least as good), and its bound relaxes the second budget with the
+// multiplier mu that makes the LP bound smallest (found by a search over mu, each step an LP). Where the
+// greedy LP solution breaks the second budget there is no first floor, and the search may keep many states.
+KnapsackResult solve_knapsack2(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* costs2,
+                               const std::int64_t* tiebreaks, const std::int64_t* offsets, std::size_t num_groups,
+                               std::int64_t capacity, std::int64_t capacity2, std::size_t max_states,
+                               double time_limit_s, std::int32_t* choices);
 
 }  // namespace ompq
