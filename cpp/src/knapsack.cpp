@@ -200,7 +200,22 @@ class PrefixBest {
 // `guide` values, that quantity scaled and rounded to integers, whose rounding `slack` covers), states that
 // cannot get back under the second room are dropped, and a state is dominated only by one that costs no more
 // under both budgets.
+// Another multiplier of the second budget, for a second opinion on each state's bound: its reference choices
+// (as positions in the items) and guide scale.
+struct Relaxation {
+    double mu = 0, scale = 1;
+    const Reference* ref = nullptr;
+};
+
 struct Search {
+    // The bound at another multiplier: over positions i on, the steepest / flattest slopes, and what moving
+    // the groups from the search's reference to this one's changes in value and both costs.
+    struct Other {
+        double mu, slack;
+        std::vector<double> low, high, value;
+        std::vector<i64> cost, cost2;
+    };
+    std::vector<Other> others;
     const std::vector<std::vector<Item>>& items;
     const Reference& ref;
     i64 room, room2;
@@ -238,6 +253,38 @@ struct Search {
         // bounds what rounding adds to a plan's bound.
         const double slack = two ? static_cast<double>(n) / guide_scale : 0.0;
         margin = std::ldexp(value_total + mu * static_cast<double>(room2), -48) + slack;
+    }
+
+    void add_relaxation(const Relaxation& r) {
+        const std::size_t n = order.size();
+        Other o{r.mu, static_cast<double>(n) / r.scale, std::vector<double>(n + 1, 0.0),
+                std::vector<double>(n + 1, std::numeric_limits<double>::infinity()), std::vector<double>(n + 1, 0.0),
+                std::vector<i64>(n + 1, 0), std::vector<i64>(n + 1, 0)};
+        for (std::size_t i = n; i-- > 0;) {
+            const std::size_t g = order[i];
+            o.low[i] = std::max(o.low[i + 1], r.ref->up[g] / r.scale);
+            o.high[i] = std::min(o.high[i + 1], r.ref->down[g] / r.scale);
+            const Item &mine = items[g][ref.at[g]], &theirs = items[g][r.ref->at[g]];
+            o.value[i] = o.value[i + 1] + static_cast<double>(theirs.value - mine.value);
+            o.cost[i] = o.cost[i + 1] + (theirs.cost - mine.cost);
+            o.cost2[i] = o.cost2[i + 1] + (theirs.cost2 - mine.cost2);
+        }
+        others.push_back(std::move(o));
+    }
+
+    // Whether the state's bound at every multiplier reaches cut.
+    bool reaches(i64 value, i64 cost, i64 cost2, std::size_t next, double cut) const {
+        double rounding = 0;
+        if (bound(value, cost, cost2, next, rounding) < cut - rounding) return false;
+        for (const Other& o : others) {
+            const double spare = static_cast<double>(room - (cost + o.cost[next]));
+            const double trade = spare >= 0 ? o.low[next] * spare : o.high[next] * spare;
+            const double relaxed = o.mu * static_cast<double>(room2 - (cost2 + o.cost2[next]));
+            const double v = static_cast<double>(value) + o.value[next];
+            const double err = std::ldexp(std::fabs(trade) + std::fabs(relaxed) + std::fabs(v), -48) + o.slack;
+            if (v + relaxed + trade < cut - err) return false;
+        }
+        return true;
     }
 
     // The state's bound (see above) and a margin for its rounding.
@@ -283,8 +330,7 @@ struct Search {
                     const i64 cost2 = s.cost2 - r.cost2 + it.cost2;
                     if (cost2 - give_back2[i + 1] > room2 && two) continue;
                     const i64 value = s.value - r.value + it.value;
-                    double rounding = 0;
-                    if (bound(value, cost, cost2, i + 1, rounding) < cut - rounding) continue;
+                    if (!reaches(value, cost, cost2, i + 1, cut)) continue;
                     lists[j].push_back({cost, value, s.tiebreak - r.tiebreak + it.tiebreak, s.lex, p, it.index, cost2});
                     if (two) seconds.push_back(cost2);
                 }
@@ -410,10 +456,11 @@ struct Guide {
     std::vector<std::vector<Item>> items;
     Reference ref;
     double scale = 1.0;
+    double mu = 0.0;
 };
 
 Guide guide_at(const std::vector<std::vector<Item>>& items, i64 room, double mu) {
-    Guide guide{items, {}, 1.0};
+    Guide guide{items, {}, 1.0, mu};
     if (mu > 0) {
         double top = 1.0;
         for (const auto& group : items)
@@ -563,13 +610,22 @@ KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, 
     }
     std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return distance[a] < distance[b]; });
     const double value_scale = static_cast<double>(value_total);
+    // Two budgets: second opinions on the bound at other multipliers (each valid; a state goes when any rules
+    // it out), for states that stray from the second room, where the one multiplier's bound is weak.
+    std::vector<Guide> others;
+    if (two)
+        for (double other : {0.0, 0.25 * mu, 0.5 * mu, 0.8 * mu, 1.25 * mu, 2.0 * mu, 4.0 * mu})
+            if (other != mu) others.push_back(guide_at(items, room, other));
     bool tie = false;
-    KnapsackStatus status = Search(items, ref, room, room2, mu, two, guide.scale, order, false, value_scale)
-                                .solve(floor, max_states, deadline, result, tie, choices);
+    auto search = [&](bool lexicographic) {
+        Search dp(items, ref, room, room2, mu, two, guide.scale, order, lexicographic, value_scale);
+        for (const Guide& o : others) dp.add_relaxation({o.mu, o.scale, &o.ref});
+        return dp.solve(floor, max_states, deadline, result, tie, choices);
+    };
+    KnapsackStatus status = search(false);
     if (status == KnapsackStatus::optimal && tie) {
         for (std::size_t g = 0; g < num_groups; ++g) order[g] = g;
-        status = Search(items, ref, room, room2, mu, two, guide.scale, order, true, value_scale)
-                     .solve(floor, max_states, deadline, result, tie, choices);
+        status = search(true);
     }
     result.status = status;
     return result;

@@ -6,8 +6,9 @@ what the three CP-SAT stages below return (largest objective, then size used, th
 largest bits), in milliseconds at 1024 groups (docs/BENCHMARKS.md); tests compare the two on random
 instances. Several budgets: the knapsack's answer under one of them alone is the answer under all when it
 meets the others (each stage then chooses from a larger set and its choice is still allowed), which is
-often the case where one budget binds. Past its state or time limit, or where no budget alone decides,
-CP-SAT.
+often the case where one budget binds; two budgets that both bind go to the core's two-budget knapsack
+(``solve_knapsack2``) within ``KNAPSACK2_MAX_STATES`` states. Past its state or time limit, or with more
+budgets, CP-SAT.
 
 Exact model (``solve``)
 -----------------------
@@ -531,7 +532,7 @@ ENGINES = ("auto", "knapsack", "cp-sat")
 KNAPSACK_MAX_STATES = 1 << 24  # ~100 MB of back pointers; past it the knapsack gives way to CP-SAT
 
 
-KNAPSACK2_MAX_STATES = 1 << 20  # two budgets: a few hundred ms of trying before CP-SAT takes over
+KNAPSACK2_MAX_STATES = 1 << 19  # two budgets: at most ~0.3 s of trying (1024 groups) before CP-SAT takes over
 
 
 def _knapsack(groups, allowed, costs: list[_Costs], rows, seconds):
@@ -644,9 +645,9 @@ def solve(
 
     ``engine``: ``"auto"`` (default) solves a single budget with fixed activation bits by the core's exact
     multiple-choice knapsack (same answer as CP-SAT's three stages, in milliseconds; CP-SAT takes over if it
-    gives up), and several budgets the same way when the answer under one of them alone meets the others
-    (then it is the answer under all); everything else goes to CP-SAT. ``"knapsack"`` or ``"cp-sat"`` insist
-    on one.
+    gives up), several budgets the same way when the answer under one of them alone meets the others
+    (then it is the answer under all), two that both bind by the core's two-budget knapsack within a state
+    budget; everything else goes to CP-SAT. ``"knapsack"`` or ``"cp-sat"`` insist on one.
 
     ``other_bits``: bits of the parameters outside the groups, counted in the reported
     ``size_bits`` (and in the ``size_budget_bits`` shorthand). A ``latency`` table without a
