@@ -420,7 +420,8 @@ struct Search {
                          bool& tie, std::int32_t* choices) const {
         double rounding = 0;
         const double root = bound(start.value, start.cost, start.cost2, 0, rounding);  // the LP bound
-        const double gap = std::max(root - static_cast<double>(floor), 0.0);
+        const bool known = floor != std::numeric_limits<i64>::min();  // without a floor: steps from 2^-32 of the root
+        const double gap = known ? std::max(root - static_cast<double>(floor), 0.0) : std::ldexp(std::fabs(root), -20);
         for (double step = std::max(gap / 4096.0, 1.0);; step *= 1.5) {
             const bool last = root - step <= static_cast<double>(floor);
             const double threshold = last ? static_cast<double>(floor) : root - step;
@@ -477,20 +478,33 @@ Guide guide_at(const std::vector<std::vector<Item>>& items, i64 room, double mu)
 }
 
 // The Lagrangian bound of the two-budget problem at mu: the guide's LP bound plus mu * room2.
-double lagrangian_bound(const std::vector<std::vector<Item>>& items, i64 room, i64 room2, double mu) {
+// The value of the guide's greedy solution if it also meets the second room (else the lowest int64).
+i64 value_within(const std::vector<std::vector<Item>>& items, const Reference& ref, i64 room2) {
+    i64 value = 0, cost2 = 0;
+    for (std::size_t g = 0; g < items.size(); ++g) {
+        value += items[g][ref.filled[g]].value;
+        cost2 += items[g][ref.filled[g]].cost2;
+    }
+    return cost2 <= room2 ? value : std::numeric_limits<i64>::min();
+}
+
+// The Lagrangian bound of the two-budget problem at mu: the guide's LP bound plus mu * room2. Raises floor to
+// the guide's greedy solution where that meets both rooms.
+double lagrangian_bound(const std::vector<std::vector<Item>>& items, i64 room, i64 room2, double mu, i64& floor) {
     const Guide guide = guide_at(items, room, mu);
     double value = 0, cost = 0;
     for (std::size_t g = 0; g < items.size(); ++g) {
         value += static_cast<double>(guide.items[g][guide.ref.at[g]].value);
         cost += static_cast<double>(items[g][guide.ref.at[g]].cost);
     }
+    floor = std::max(floor, value_within(items, guide.ref, room2));
     return (value + guide.ref.lambda * (static_cast<double>(room) - cost)) / guide.scale + mu * static_cast<double>(room2);
 }
 
 // The multiplier of the second budget that makes the Lagrangian bound smallest (any mu >= 0 gives a valid
 // bound; a good one keeps fewer states): powers of two first, then a golden-section search between the
-// neighbours of the best.
-double best_multiplier(const std::vector<std::vector<Item>>& items, i64 room, i64 room2) {
+// neighbours of the best. floor: the best value of a plan within both rooms met on the way.
+double best_multiplier(const std::vector<std::vector<Item>>& items, i64 room, i64 room2, i64& floor) {
     double top = 0;  // a multiplier past which every group is best at its cheapest second cost
     for (const auto& group : items)
         for (const Item& a : group)
@@ -498,19 +512,20 @@ double best_multiplier(const std::vector<std::vector<Item>>& items, i64 room, i6
                 if (b.cost2 > a.cost2 && b.value > a.value)
                     top = std::max(top, static_cast<double>(b.value - a.value) / static_cast<double>(b.cost2 - a.cost2));
     if (top == 0) return 0.0;
-    double best_mu = 0, best = lagrangian_bound(items, room, room2, 0.0);
+    double best_mu = 0, best = lagrangian_bound(items, room, room2, 0.0, floor);
     for (double mu = top; mu > top * 1e-15; mu *= 0.25) {
-        const double b = lagrangian_bound(items, room, room2, mu);
+        const double b = lagrangian_bound(items, room, room2, mu, floor);
         if (b < best) best = b, best_mu = mu;
     }
     double lo = best_mu * 0.25, hi = best_mu == 0 ? top * 1e-15 : std::min(best_mu * 4, top);
     const double phi = 0.6180339887498949;
     for (int k = 0; k < 40; ++k) {
         const double a = hi - phi * (hi - lo), b = lo + phi * (hi - lo);
-        if (lagrangian_bound(items, room, room2, a) < lagrangian_bound(items, room, room2, b)) hi = b; else lo = a;
+        if (lagrangian_bound(items, room, room2, a, floor) < lagrangian_bound(items, room, room2, b, floor)) hi = b;
+        else lo = a;
     }
     const double mu = 0.5 * (lo + hi);
-    return lagrangian_bound(items, room, room2, mu) < best ? mu : best_mu;
+    return lagrangian_bound(items, room, room2, mu, floor) < best ? mu : best_mu;
 }
 
 KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* costs2,
@@ -584,20 +599,14 @@ KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, 
         }
     }
 
-    const double mu = two ? best_multiplier(items, room, room2) : 0.0;
+    // A value some plan within both budgets reaches: one budget, the greedy solution; two, the best greedy
+    // solution of a guide problem (at any multiplier tried) that meets the second budget, else none (then the
+    // last round keeps every state).
+    i64 floor = std::numeric_limits<i64>::min();
+    const double mu = two ? best_multiplier(items, room, room2, floor) : 0.0;
     const Guide guide = guide_at(items, room, mu);
     const Reference& ref = guide.ref;
-    // A value some plan within both budgets reaches: one budget, the greedy solution; two, the greedy solution
-    // of the guide problem if it meets the second budget, else none (the last round keeps every state).
-    i64 floor = ref.incumbent;
-    if (two) {
-        i64 value = 0, cost2 = 0;
-        for (std::size_t g = 0; g < num_groups; ++g) {
-            value += items[g][ref.filled[g]].value;
-            cost2 += items[g][ref.filled[g]].cost2;
-        }
-        floor = cost2 <= room2 ? value : std::numeric_limits<i64>::min();
-    }
+    floor = two ? std::max(floor, value_within(items, ref, room2)) : ref.incumbent;
 
     // First the groups closest to the LP's multiplier; ties in (value, tiebreak) met there are broken again
     // by a run in the natural order, which ranks the choices lexicographically.
