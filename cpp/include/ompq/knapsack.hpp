@@ -1,4 +1,4 @@
-// Exact multiple-choice knapsack: the bit allocation under one budget.
+// Exact multiple-choice knapsack: the bit allocation under one budget (or two: solve_knapsack2).
 //
 // Group g offers the choices [offsets[g], offsets[g + 1]) of the arrays values, costs and tiebreaks; exactly
 // one is picked per group so that the sum of costs stays <= capacity and, in this order of priority,
@@ -8,17 +8,15 @@
 //      a larger index wins, and the bit allocation lists a group's bit-widths in increasing order).
 // The answer is therefore a function of the input alone, the same as the three stages of the CP-SAT model.
 //
-// Method: dynamic programming over the groups in order, keeping only Pareto states (no other state costs
-// less and is at least as good in (value, tiebreak, choices so far)), and dropping every state whose
-// Lagrangian upper bound
-//     value so far + lambda * (capacity left) + sum over the groups to come of max_k (value_k - lambda * cost_k)
-// is below the value of a feasible solution found first (the LP relaxation's greedy rounding). lambda is
-// the LP relaxation's optimal multiplier (the slope of its fractional segment), so at the start the bound
-// is the LP bound; any lambda >= 0 gives a valid bound, so the float arithmetic of the bound only needs a
-// margin (it is computed in doubles with a proven rounding margin; values, costs and tiebreaks are summed
-// in exact 64-bit integers). Exact whatever the input; the work depends on how many states survive,
-// which on real networks is a few per group (docs/BENCHMARKS.md). Beyond max_states states in all, or
-// past time_limit_s, the solver stops and says so.
+// Method (docs/KERNELS.md): dynamic programming over the groups, starting from the LP relaxation's solution
+// and taking the groups closest to its multiplier first, keeping only Pareto states (no other state costs
+// no more and is at least as good) whose Dembo-Hammer bound reaches a threshold that steps down from the LP
+// bound; a round whose best plan reaches its threshold holds the optimum. Ties met on the optimum's path are
+// broken again by a run in the natural order with lexicographic ranks. Values, costs and tiebreaks are
+// summed in exact 64-bit integers; bounds in doubles with a proven rounding margin (any multiplier gives a
+// valid bound, so rounding only costs pruning). Exact whatever the input; the work depends on how many
+// states survive (docs/BENCHMARKS.md). Beyond max_states states in all (over the rounds), or past
+// time_limit_s, the solver stops and says so.
 #pragma once
 
 #include <cstddef>
