@@ -367,7 +367,7 @@ def test_no_solution_in_time_is_an_error(monkeypatch):
 def test_plan_over_budget_is_caught(monkeypatch, engine):
     groups = [GroupSpec("a", 10, 0, 1.0, (4, 8))]
     monkeypatch.setattr(solver, "_solve_stages", lambda *a, **k: ("OPTIMAL", ([8], []), 0))
-    monkeypatch.setattr(solver, "_knapsack", lambda *a, **k: [8])
+    monkeypatch.setattr(solver._Knapsack, "solve", lambda self, *a, **k: [8])
     monkeypatch.setattr(solver._Costs, "within", lambda self, bits: True)
     with pytest.raises(OmpqError, match="internal error"):
         solve(groups, size_budget_bits=50, engine=engine)

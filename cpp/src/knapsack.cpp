@@ -72,12 +72,11 @@ std::vector<std::size_t> upper_hull(const std::vector<Item>& items) {
 // are taken by decreasing slope while they fit. The points reached before the first edge that does not fit
 // are the reference solution: every edge taken is at least as steep as lambda (that edge's slope, the LP's
 // multiplier; 0 if all fit), every edge not taken at most as steep. Edges that still fit after it are then
-// taken too, for a first feasible solution (the incumbent, whose value is returned).
+// taken too, for a first feasible solution.
 struct Reference {
     std::vector<std::size_t> at;  // the reference choice of each group (position in items[g])
     std::vector<double> up, down;  // slope of the hull edge leaving it upwards (0: none) and arriving from below (inf: none)
     double lambda = 0.0;
-    i64 incumbent = 0;             // the value of the greedy solution below
     std::vector<std::size_t> filled;  // the greedy solution: the reference plus the edges that still fit after it
 };
 
@@ -125,7 +124,6 @@ Reference lp_reference(const std::vector<std::vector<Item>>& items, i64 room) {
         ref.at[g] = h[j];
         if (j + 1 < h.size()) ref.up[g] = slope(j, j + 1);
         if (j > 0) ref.down[g] = slope(j - 1, j);
-        ref.incumbent += items[g][h[at[g]]].value;
         ref.filled.push_back(h[at[g]]);
     }
     return ref;
@@ -185,6 +183,41 @@ class PrefixBest {
     std::vector<std::uint32_t> tree_;
 };
 
+// The guide problem at a multiplier mu of the second budget: values - mu * costs2, scaled by `scale` and rounded
+// to integers for the exact hull (the items themselves where mu is 0), its LP reference and LP bound (in value
+// units, plus mu * room2).
+struct Guide {
+    Reference ref;
+    double scale = 1.0, mu = 0.0, bound = 0.0;
+};
+
+Guide guide_at(const std::vector<std::vector<Item>>& items, i64 room, i64 room2, double mu) {
+    Guide guide{{}, 1.0, mu, 0.0};
+    std::vector<std::vector<Item>> scaled;
+    if (mu > 0) {
+        double top = 1.0;
+        for (const auto& group : items)
+            for (const Item& it : group)
+                top = std::max(top, std::fabs(static_cast<double>(it.value) - mu * static_cast<double>(it.cost2)));
+        guide.scale = std::ldexp(1.0, 52 - std::ilogb(top) - 1 - std::ilogb(static_cast<double>(items.size()) + 1));
+        scaled = items;
+        for (auto& group : scaled)
+            for (Item& it : group)
+                it.value = std::llround((static_cast<double>(it.value) - mu * static_cast<double>(it.cost2)) *
+                                        guide.scale);
+    }
+    const auto& values = mu > 0 ? scaled : items;
+    guide.ref = lp_reference(values, room);
+    double value = 0, cost = 0;
+    for (std::size_t g = 0; g < items.size(); ++g) {
+        value += static_cast<double>(values[g][guide.ref.at[g]].value);
+        cost += static_cast<double>(items[g][guide.ref.at[g]].cost);
+    }
+    guide.bound = (value + guide.ref.lambda * (static_cast<double>(room) - cost)) / guide.scale +
+                  mu * static_cast<double>(room2);
+    return guide;
+}
+
 // The dynamic program over the groups in a given order, starting from the reference solution: a state is
 // the reference with the groups decided so far changed, so it may cost more than the room while the groups
 // to come can still give cost back. Its bound (Dembo and Hammer): the groups to come can add cost only at
@@ -200,100 +233,88 @@ class PrefixBest {
 // `guide` values, that quantity scaled and rounded to integers, whose rounding `slack` covers), states that
 // cannot get back under the second room are dropped, and a state is dominated only by one that costs no more
 // under both budgets.
-// Another multiplier of the second budget, for a second opinion on each state's bound: its reference choices
-// (as positions in the items) and guide scale.
-struct Relaxation {
-    double mu = 0, scale = 1;
-    const Reference* ref = nullptr;
-};
-
 struct Search {
-    // The bound at another multiplier: over positions i on, the steepest / flattest slopes, and what moving
-    // the groups from the search's reference to this one's changes in value and both costs.
-    struct Other {
+    // The bound at one multiplier of the second budget (0 without one), from that multiplier's guide: over
+    // positions i on, the steepest / flattest hull slopes (value per unit of cost), what moving the groups from
+    // the search's reference to the guide's changes in both costs, and the value at the guide's reference.
+    struct Bound {
         double mu, slack;
-        std::vector<double> low, high, value;
-        std::vector<i64> cost, cost2;
+        std::vector<double> low, high;
+        std::vector<i64> cost, cost2, value;
     };
-    std::vector<Other> others;
+    std::vector<Bound> bounds;  // the search's own multiplier first, then second opinions
     const std::vector<std::vector<Item>>& items;
     const Reference& ref;
     i64 room, room2;
-    double mu;                       // multiplier of the second budget (0 without one)
     bool two;                        // a second budget
     std::vector<std::size_t> order;  // the groups in processing order
     bool lexicographic;              // natural order: ranks for the last tie-break; else only detect ties
-    std::vector<double> low, high;   // over the groups from position i on, in value per unit of cost
     std::vector<i64> give_back, give_back2;  // the most cost the groups from position i on can give back
-    double margin;                   // covers the rounding of values, thresholds and guide values in doubles
+    std::vector<i64> reference_value;        // the value of the groups from position i on at the reference
+    double margin;                   // covers the rounding of values and thresholds in doubles
     State start{0, 0, 0, 0, 0};      // the reference solution
 
-    Search(const std::vector<std::vector<Item>>& items_, const Reference& ref_, i64 room_, i64 room2_, double mu_,
-           bool two_, double guide_scale, std::vector<std::size_t> order_, bool lexicographic_, double value_total)
-        : items(items_), ref(ref_), room(room_), room2(room2_), mu(mu_), two(two_), order(std::move(order_)),
+    Search(const std::vector<std::vector<Item>>& items_, const Guide& guide, i64 room_, i64 room2_, bool two_,
+           std::vector<std::size_t> order_, bool lexicographic_, double value_total)
+        : items(items_), ref(guide.ref), room(room_), room2(room2_), two(two_), order(std::move(order_)),
           lexicographic(lexicographic_) {
         const std::size_t n = order.size();
-        low.assign(n + 1, 0.0);
-        high.assign(n + 1, std::numeric_limits<double>::infinity());
         give_back.assign(n + 1, 0);
         give_back2.assign(n + 1, 0);
+        reference_value.assign(n + 1, 0);
         for (std::size_t i = n; i-- > 0;) {
-            const std::size_t g = order[i];
-            low[i] = std::max(low[i + 1], ref.up[g] / guide_scale);
-            high[i] = std::min(high[i + 1], ref.down[g] / guide_scale);
-            const Item& r = items[g][ref.at[g]];
+            const Item& r = items[order[i]][ref.at[order[i]]];
             give_back[i] = give_back[i + 1] + r.cost;
             give_back2[i] = give_back2[i + 1] + r.cost2;  // costs are reduced: every group's cheapest is 0
+            reference_value[i] = reference_value[i + 1] + r.value;
             start.cost += r.cost;
             start.value += r.value;
             start.tiebreak += r.tiebreak;
             start.cost2 += r.cost2;
         }
-        // Guide values are within 0.5 / guide_scale of value - mu * cost2 for each group: twice that per group
-        // bounds what rounding adds to a plan's bound.
-        const double slack = two ? static_cast<double>(n) / guide_scale : 0.0;
-        margin = std::ldexp(value_total + mu * static_cast<double>(room2), -48) + slack;
+        margin = std::ldexp(value_total + guide.mu * static_cast<double>(room2), -48);
+        add(guide);
     }
 
-    void add_relaxation(const Relaxation& r) {
+    // A bound at the guide's multiplier (the first one added is the search's own).
+    void add(const Guide& guide) {
         const std::size_t n = order.size();
-        Other o{r.mu, static_cast<double>(n) / r.scale, std::vector<double>(n + 1, 0.0),
-                std::vector<double>(n + 1, std::numeric_limits<double>::infinity()), std::vector<double>(n + 1, 0.0),
+        // Guide values are within 0.5 / scale of value - mu * cost2 for each group: twice that per group bounds
+        // what rounding adds to a plan's bound.
+        Bound b{guide.mu, two ? static_cast<double>(n) / guide.scale : 0.0, std::vector<double>(n + 1, 0.0),
+                std::vector<double>(n + 1, std::numeric_limits<double>::infinity()), std::vector<i64>(n + 1, 0),
                 std::vector<i64>(n + 1, 0), std::vector<i64>(n + 1, 0)};
         for (std::size_t i = n; i-- > 0;) {
             const std::size_t g = order[i];
-            o.low[i] = std::max(o.low[i + 1], r.ref->up[g] / r.scale);
-            o.high[i] = std::min(o.high[i + 1], r.ref->down[g] / r.scale);
-            const Item &mine = items[g][ref.at[g]], &theirs = items[g][r.ref->at[g]];
-            o.value[i] = o.value[i + 1] + static_cast<double>(theirs.value - mine.value);
-            o.cost[i] = o.cost[i + 1] + (theirs.cost - mine.cost);
-            o.cost2[i] = o.cost2[i + 1] + (theirs.cost2 - mine.cost2);
+            b.low[i] = std::max(b.low[i + 1], guide.ref.up[g] / guide.scale);
+            b.high[i] = std::min(b.high[i + 1], guide.ref.down[g] / guide.scale);
+            const Item &mine = items[g][ref.at[g]], &theirs = items[g][guide.ref.at[g]];
+            b.cost[i] = b.cost[i + 1] + (theirs.cost - mine.cost);
+            b.cost2[i] = b.cost2[i + 1] + (theirs.cost2 - mine.cost2);
+            b.value[i] = b.value[i + 1] + theirs.value;
         }
-        others.push_back(std::move(o));
+        bounds.push_back(std::move(b));
+    }
+
+    // A state's bound at one multiplier (see above: for the groups from position next on, relative to that
+    // multiplier's reference), and in err a margin for its rounding.
+    double bound(const Bound& b, i64 value, i64 cost, i64 cost2, std::size_t next, double& err) const {
+        const double spare = static_cast<double>(room - (cost + b.cost[next]));
+        const double trade = spare >= 0 ? b.low[next] * spare : b.high[next] * spare;
+        const double relaxed = b.mu * static_cast<double>(room2 - (cost2 + b.cost2[next]));
+        // The plan with the groups to come at the guide's reference: its value, exact (each partial sum is a
+        // plan's value or part of one, within 2^62).
+        const double v = static_cast<double>(value - reference_value[next] + b.value[next]);
+        err = std::ldexp(std::fabs(trade) + std::fabs(relaxed) + std::fabs(v), -48) + b.slack;
+        return v + relaxed + trade;
     }
 
     // Whether the state's bound at every multiplier reaches cut.
     bool reaches(i64 value, i64 cost, i64 cost2, std::size_t next, double cut) const {
-        double rounding = 0;
-        if (bound(value, cost, cost2, next, rounding) < cut - rounding) return false;
-        for (const Other& o : others) {
-            const double spare = static_cast<double>(room - (cost + o.cost[next]));
-            const double trade = spare >= 0 ? o.low[next] * spare : o.high[next] * spare;
-            const double relaxed = o.mu * static_cast<double>(room2 - (cost2 + o.cost2[next]));
-            const double v = static_cast<double>(value) + o.value[next];
-            const double err = std::ldexp(std::fabs(trade) + std::fabs(relaxed) + std::fabs(v), -48) + o.slack;
-            if (v + relaxed + trade < cut - err) return false;
-        }
+        double err = 0;
+        for (const Bound& b : bounds)
+            if (bound(b, value, cost, cost2, next, err) < cut - err) return false;
         return true;
-    }
-
-    // The state's bound (see above) and a margin for its rounding.
-    double bound(i64 value, i64 cost, i64 cost2, std::size_t next, double& rounding) const {
-        const double spare = static_cast<double>(room - cost);
-        const double trade = spare >= 0 ? low[next] * spare : high[next] * spare;
-        const double relaxed = two ? mu * static_cast<double>(room2 - cost2) : 0.0;
-        rounding = std::ldexp(std::fabs(trade) + std::fabs(relaxed), -48);
-        return static_cast<double>(value) + relaxed + trade;
     }
 
     // Keeps only states whose bound reaches threshold. On success writes the best complete solution kept
@@ -418,8 +439,8 @@ struct Search {
     // least as good, so it holds the optimum. Near-optimal thresholds keep far fewer states than the floor.
     KnapsackStatus solve(i64 floor, std::size_t max_states, Clock::time_point deadline, KnapsackResult& result,
                          bool& tie, std::int32_t* choices) const {
-        double rounding = 0;
-        const double root = bound(start.value, start.cost, start.cost2, 0, rounding);  // the LP bound
+        double err = 0;
+        const double root = bound(bounds.front(), start.value, start.cost, start.cost2, 0, err);  // the LP bound
         const bool known = floor != std::numeric_limits<i64>::min();  // without a floor: steps from 2^-32 of the root
         const double gap = known ? std::max(root - static_cast<double>(floor), 0.0) : std::ldexp(std::fabs(root), -20);
         for (double step = std::max(gap / 4096.0, 1.0);; step *= 1.5) {
@@ -451,34 +472,8 @@ void check_sum(i64& sum, i64 term, const char* what) {
 
 namespace {
 
-// The LP bound of the guide problem (values - mu * costs2, scaled to integers) and its reference; scale: what
-// the guide values were multiplied by.
-struct Guide {
-    std::vector<std::vector<Item>> items;
-    Reference ref;
-    double scale = 1.0;
-    double mu = 0.0;
-};
-
-Guide guide_at(const std::vector<std::vector<Item>>& items, i64 room, double mu) {
-    Guide guide{items, {}, 1.0, mu};
-    if (mu > 0) {
-        double top = 1.0;
-        for (const auto& group : items)
-            for (const Item& it : group)
-                top = std::max(top, std::fabs(static_cast<double>(it.value) - mu * static_cast<double>(it.cost2)));
-        guide.scale = std::ldexp(1.0, 52 - std::ilogb(top) - 1 - std::ilogb(static_cast<double>(items.size()) + 1));
-        for (auto& group : guide.items)
-            for (Item& it : group)
-                it.value = std::llround((static_cast<double>(it.value) - mu * static_cast<double>(it.cost2)) *
-                                        guide.scale);
-    }
-    guide.ref = lp_reference(guide.items, room);
-    return guide;
-}
-
-// The Lagrangian bound of the two-budget problem at mu: the guide's LP bound plus mu * room2.
-// The value of the guide's greedy solution if it also meets the second room (else the lowest int64).
+// The value of the guide's greedy solution if it also meets the second room (else the lowest int64; with one
+// budget, whose costs2 are all 0, it always does).
 i64 value_within(const std::vector<std::vector<Item>>& items, const Reference& ref, i64 room2) {
     i64 value = 0, cost2 = 0;
     for (std::size_t g = 0; g < items.size(); ++g) {
@@ -488,17 +483,12 @@ i64 value_within(const std::vector<std::vector<Item>>& items, const Reference& r
     return cost2 <= room2 ? value : std::numeric_limits<i64>::min();
 }
 
-// The Lagrangian bound of the two-budget problem at mu: the guide's LP bound plus mu * room2. Raises floor to
-// the guide's greedy solution where that meets both rooms.
+// The Lagrangian bound of the two-budget problem at mu: the guide's LP bound. Raises floor to the guide's
+// greedy solution where that meets both rooms.
 double lagrangian_bound(const std::vector<std::vector<Item>>& items, i64 room, i64 room2, double mu, i64& floor) {
-    const Guide guide = guide_at(items, room, mu);
-    double value = 0, cost = 0;
-    for (std::size_t g = 0; g < items.size(); ++g) {
-        value += static_cast<double>(guide.items[g][guide.ref.at[g]].value);
-        cost += static_cast<double>(items[g][guide.ref.at[g]].cost);
-    }
+    const Guide guide = guide_at(items, room, room2, mu);
     floor = std::max(floor, value_within(items, guide.ref, room2));
-    return (value + guide.ref.lambda * (static_cast<double>(room) - cost)) / guide.scale + mu * static_cast<double>(room2);
+    return guide.bound;
 }
 
 // The multiplier of the second budget that makes the Lagrangian bound smallest (any mu >= 0 gives a valid
@@ -599,14 +589,13 @@ KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, 
         }
     }
 
-    // A value some plan within both budgets reaches: one budget, the greedy solution; two, the best greedy
-    // solution of a guide problem (at any multiplier tried) that meets the second budget, else none (then the
-    // last round keeps every state).
+    // A value some plan within both budgets reaches: the best greedy solution of a guide problem (at any
+    // multiplier tried) that meets the second budget, else none (then the last round keeps every state).
     i64 floor = std::numeric_limits<i64>::min();
     const double mu = two ? best_multiplier(items, room, room2, floor) : 0.0;
-    const Guide guide = guide_at(items, room, mu);
+    const Guide guide = guide_at(items, room, room2, mu);
     const Reference& ref = guide.ref;
-    floor = two ? std::max(floor, value_within(items, ref, room2)) : ref.incumbent;
+    floor = std::max(floor, value_within(items, ref, room2));
 
     // First the groups closest to the LP's multiplier; ties in (value, tiebreak) met there are broken again
     // by a run in the natural order, which ranks the choices lexicographically.
@@ -624,11 +613,11 @@ KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, 
     std::vector<Guide> others;
     if (two)
         for (double other : {0.0, 0.25 * mu, 0.5 * mu, 0.8 * mu, 1.25 * mu, 2.0 * mu, 4.0 * mu})
-            if (other != mu) others.push_back(guide_at(items, room, other));
+            if (other != mu) others.push_back(guide_at(items, room, room2, other));
     bool tie = false;
     auto search = [&](bool lexicographic) {
-        Search dp(items, ref, room, room2, mu, two, guide.scale, order, lexicographic, value_scale);
-        for (const Guide& o : others) dp.add_relaxation({o.mu, o.scale, &o.ref});
+        Search dp(items, guide, room, room2, two, order, lexicographic, value_scale);
+        for (const Guide& other : others) dp.add(other);
         return dp.solve(floor, max_states, deadline, result, tie, choices);
     };
     KnapsackStatus status = search(false);

@@ -535,30 +535,50 @@ KNAPSACK_MAX_STATES = 1 << 24  # ~100 MB of back pointers; past it the knapsack 
 KNAPSACK2_MAX_STATES = 1 << 19  # two budgets: at most ~0.3 s of trying (1024 groups) before CP-SAT takes over
 
 
-def _knapsack(groups, allowed, costs: list[_Costs], rows, seconds):
-    """The core's exact multiple-choice knapsack on one budget, or two (``rows``: the integer objective table,
-    one {bits: value} per group): the same three stages as CP-SAT's model (largest objective, then size used,
-    then the lexicographically largest bits). Returns the bits, or None where it does not apply (a cost below 0
-    or sums past 2**62) or gave up (too many states, time)."""
-    import numpy as np
+class _Knapsack:
+    """The core's exact multiple-choice knapsack on one budget or two, for one problem (``rows``: the integer
+    objective table, one {bits: value} per group), its tables flattened once for every call: the same three
+    stages as CP-SAT's model (largest objective, then size used, then the lexicographically largest bits)."""
 
-    from . import _core
+    def __init__(self, groups, allowed, rows):
+        import numpy as np
 
-    sizes = [{b: g.params * b for b in bits} for g, bits in zip(groups, allowed)]
-    tables = [rows, sizes] + [c.int_table for c in costs]
-    if any(v < 0 for c in costs for row in c.int_table for v in row.values()) or any(
-            sum(max(abs(v) for v in row.values()) for row in table) > 2**62 for table in tables):
-        return None
-    values, tiebreaks, *flat = [np.array([row[b] for row, bits in zip(table, allowed) for b in bits], dtype=np.int64)
-                                for table in tables]
-    offsets = np.cumsum([0] + [len(bits) for bits in allowed], dtype=np.int64)
-    second = {} if len(costs) == 1 else {"costs2": flat[1], "capacity2": costs[1].int_limit}
-    max_states = KNAPSACK_MAX_STATES if len(costs) == 1 else KNAPSACK2_MAX_STATES
-    status, picks, _, _ = _core.solve_knapsack(values, flat[0], tiebreaks, offsets, costs[0].int_limit,
-                                               max_states=max_states, time_limit_s=max(seconds, 1e-3), **second)
-    if status != "optimal":
-        return None
-    return [bits[k] for bits, k in zip(allowed, picks.tolist())]
+        self.np, self.allowed = np, allowed
+        sizes = [{b: g.params * b for b in bits} for g, bits in zip(groups, allowed)]
+        self.fits = all(self._fits(table) for table in (rows, sizes))
+        self.values, self.tiebreaks = self._flat(rows), self._flat(sizes)
+        self.offsets = np.cumsum([0] + [len(bits) for bits in allowed], dtype=np.int64)
+        self._costs = {}  # id of a _Costs -> its flat integer table, or None where the knapsack cannot take it
+
+    @staticmethod
+    def _fits(table) -> bool:
+        return sum(max(abs(v) for v in row.values()) for row in table) <= 2**62
+
+    def _flat(self, table):
+        return self.np.array([row[b] for row, bits in zip(table, self.allowed) for b in bits], dtype=self.np.int64)
+
+    def _cost(self, c: _Costs):
+        if id(c) not in self._costs:
+            usable = self._fits(c.int_table) and all(v >= 0 for row in c.int_table for v in row.values())
+            self._costs[id(c)] = self._flat(c.int_table) if usable else None
+        return self._costs[id(c)]
+
+    def solve(self, costs: list[_Costs], seconds):
+        """The bits under these budgets (one or two), or None where the knapsack does not apply (a cost below
+        0 or sums past 2**62) or gave up (too many states, time)."""
+        from . import _core
+
+        flat = [self._cost(c) for c in costs]
+        if not self.fits or any(f is None for f in flat):
+            return None
+        second = {} if len(costs) == 1 else {"costs2": flat[1], "capacity2": costs[1].int_limit}
+        max_states = KNAPSACK_MAX_STATES if len(costs) == 1 else KNAPSACK2_MAX_STATES
+        status, picks, _, _ = _core.solve_knapsack(self.values, flat[0], self.tiebreaks, self.offsets,
+                                                   costs[0].int_limit, max_states=max_states,
+                                                   time_limit_s=max(seconds, 1e-3), **second)
+        if status != "optimal":
+            return None
+        return [bits[k] for bits, k in zip(self.allowed, picks.tolist())]
 
 
 def _no_solution_error(status, constraints, time_limit_s):
@@ -685,19 +705,20 @@ def solve(
     if not joint and engine != "cp-sat":
         rows = ([{b: w * b for b in ok} for w, ok in zip(integer_weights(groups, weight_resolution), allowed)]
                 if value_table is None else _integer_values(value_table, weight_resolution)[0])
+        knapsack = _Knapsack(groups, allowed, rows)
         # Each budget alone, while none is solved: an answer under one budget that meets the others is the
         # answer under all (dropping a budget only enlarges the set the three stages choose from).
         for c in costs:
-            alone = _knapsack(groups, allowed, [c], rows, start + time_limit_s - time.perf_counter())
+            alone = knapsack.solve([c], start + time_limit_s - time.perf_counter())
             if alone is not None and all(o.within(alone) for o in costs):
                 bits = alone
                 break
         if bits is None and len(costs) == 2:  # both bind: the two-budget knapsack, within a state budget
-            bits = _knapsack(groups, allowed, costs, rows, start + time_limit_s - time.perf_counter())
+            bits = knapsack.solve(costs, start + time_limit_s - time.perf_counter())
         if bits is None and engine == "knapsack":
+            several = "" if len(costs) == 1 else f" ({KNAPSACK2_MAX_STATES} with two budgets), or no budget alone decided"
             raise OmpqError(f"the knapsack solver found no proven optimum within time_limit_s={time_limit_s} and "
-                            f"{KNAPSACK_MAX_STATES} states{'' if len(costs) == 1 else ' (two budgets: ' + str(KNAPSACK2_MAX_STATES) + '), or no budget alone decided'}"
-                            "; use engine='auto' (CP-SAT takes over)")
+                            f"{KNAPSACK_MAX_STATES} states{several}; use engine='auto' (CP-SAT takes over)")
     if bits is not None:
         status, acts, used = "OPTIMAL", [a[0] for a in act_allowed], "knapsack"
     else:
