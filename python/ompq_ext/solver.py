@@ -532,7 +532,7 @@ ENGINES = ("auto", "knapsack", "cp-sat")
 KNAPSACK_MAX_STATES = 1 << 24  # ~100 MB of back pointers; past it the knapsack gives way to CP-SAT
 
 
-KNAPSACK2_MAX_STATES = 1 << 19  # two budgets: at most ~0.3 s of trying (1024 groups) before CP-SAT takes over
+KNAPSACK2_MAX_STATES = 1 << 22  # two budgets: at most ~2.5 s of trying (1024 groups) before CP-SAT takes over
 
 
 class _Knapsack:

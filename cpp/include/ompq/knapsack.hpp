@@ -9,10 +9,11 @@
 // The answer is therefore a function of the input alone, the same as the three stages of the CP-SAT model.
 //
 // Method (docs/KERNELS.md): dynamic programming over the groups, starting from the LP relaxation's solution
-// and taking the groups closest to its multiplier first, keeping only Pareto states (no other state costs
-// no more and is at least as good) whose Dembo-Hammer bound reaches a threshold that steps down from the LP
-// bound; a round whose best plan reaches its threshold holds the optimum. Ties met on the optimum's path are
-// broken again by a run in the natural order with lexicographic ranks. Values, costs and tiebreaks are
+// and taking the groups with the largest share of the room first, keeping only Pareto states (no other state
+// costs no more and is at least as good) whose bound (Dembo-Hammer's line, then the exact LP value of the
+// groups to come) reaches a threshold that steps down from the LP bound, or the best plan met on the way; a
+// round whose best plan reaches its threshold holds the optimum. Ties met on the optimum's path are broken
+// again by a run in the natural order with lexicographic ranks. Values, costs and tiebreaks are
 // summed in exact 64-bit integers; bounds in doubles with a proven rounding margin (any multiplier gives a
 // valid bound, so rounding only costs pruning). Exact whatever the input; the work depends on how many
 // states survive (docs/BENCHMARKS.md). Beyond max_states states in all (over the rounds), or past
@@ -50,9 +51,8 @@ KnapsackResult solve_knapsack(const std::int64_t* values, const std::int64_t* co
 // A state is dropped only for one that costs no more under either budget and is at least as good; the bound
 // relaxes the second budget with the multiplier mu that makes the LP bound smallest (a search over mu, each
 // step an LP) and, as second opinions, at 0 and 1/4 .. 4 times mu (a state goes when any bound rules it
-// out); states that cannot get back under the second room go too. Where the greedy LP solution breaks the
-// second budget there is no first floor. Weaker than one budget: on 1024 groups with both budgets binding
-// it needed 150 k states on one instance and 6.2 M on another (docs/BENCHMARKS.md).
+// out); states that cannot get back under the second room go too. Weaker than one budget: on 1024 groups
+// with both budgets binding, a median of about 20 k states and up to 6 M (docs/BENCHMARKS.md).
 KnapsackResult solve_knapsack2(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* costs2,
                                const std::int64_t* tiebreaks, const std::int64_t* offsets, std::size_t num_groups,
                                std::int64_t capacity, std::int64_t capacity2, std::size_t max_states,
