@@ -16,16 +16,16 @@ COMPILED = {"_core"}  # extension modules, built next to the sources
 LAYERS = [
     {"errors", "_version", "_core", "models"},
     {"cuda_kernels", "progress", "guard", "inputs", "layers", "weight_ops", "plan_file", "constraints"},
-    {"orthogonality", "features", "budget", "solver", "quant.ops", "quant.op_inputs", "quant.padding"},
-    {"record", "quant.scales"},
-    {"allocators", "quant.modules"},
+    {"orthogonality", "features", "budget", "solver", "quant.ops", "quant.op_inputs", "quant.padding", "bit_configs"},
+    {"record", "quant.scales", "distributed"},
+    {"allocators", "quant.modules", "plots"},
     {"problem", "quant", "quant.configs", "quant.reconstruct", "quant.gptq", "quant.qat"},
     {"plan", "quant.api"},
-    {"demo"},
+    {"demo", "sweep", "export"},
     {"cli"},
     {""},  # the package's __init__
 ]
-STAGE_PACKAGES = {"constraints", "allocators"}  # one stage each: their modules import each other
+STAGE_PACKAGES = {"constraints", "allocators", "export"}  # one stage each: their modules import each other
 
 
 def module_name(path: Path) -> str:

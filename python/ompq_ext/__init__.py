@@ -7,9 +7,11 @@ from .plan import plan
 from .quant.api import calibrate, quant_report, quantize
 from .quant.configs import AdaRoundConfig, BRECQConfig, RTNConfig
 from .record import Plan
+from .sweep import Sweep, sweep
+from . import export  # noqa: E402  (ompq_ext.export.onnx, save_packed, load_packed)
 
 __all__ = [
-    "__version__", "plan", "Plan", "quantize", "quant_report", "calibrate", "RTNConfig", "AdaRoundConfig",
+    "__version__", "plan", "sweep", "Sweep", "Plan", "export", "quantize", "quant_report", "calibrate", "RTNConfig", "AdaRoundConfig",
     "BRECQConfig", "Budget", "parse_budget",
     "OmpqError", "OmpqValueError", "OmpqTypeError", "InfeasibleBudgetError", "FeatureError", "PlanFileError",
 ]

@@ -1,7 +1,9 @@
 """The ``ompq-ext`` command.
 
-    ompq-ext plan  MODEL --data DATA --budget 4.5MiB [-o plan.json] [--weights W]
-    ompq-ext report plan.json
+    ompq-ext plan   MODEL --data DATA --budget 4.5MiB [-o plan.json] [--weights W]
+    ompq-ext sweep  MODEL --data DATA --budgets 2.5bits,3bits,4bits,6bits [--plot pareto.png] [--evaluate M:F]
+    ompq-ext report plan.json [--plot DIR]
+    ompq-ext export plan.json --format hawq|dict|onnx|packed -o OUT [--model MODEL --data DATA]
     ompq-ext demo
 
 MODEL is ``package.module:factory`` (a callable returning an nn.Module, or an
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import sys
 from pathlib import Path
 
@@ -144,18 +147,15 @@ def _fixed_arg(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"--fixed {text!r}: BITS must be an integer") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ompq-ext", description="OMPQ mixed-precision planning for PyTorch models")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("plan", help="plan weight bits for a model from one batch")
+def _model_args(p) -> None:
     p.add_argument("model", help="package.module:factory returning an nn.Module")
     p.add_argument("--weights", help="state dict file (loaded with weights_only=True)")
     p.add_argument("--data", required=True, help=".pt / .npz tensor file or package.module:callable")
     p.add_argument("--data-key", help="array name inside an .npz file")
-    p.add_argument("--budget", required=True, action="append",
-                   help="4.5MiB | 5MB | 3.5bits | 0.15 | 75GBOPs; repeat for a size and a BOPs budget")
-    p.add_argument("-o", "--output", help="write the plan as JSON here")
+
+
+def _planning_args(p) -> None:
+    """plan()'s options, shared by ``plan`` and ``sweep``."""
     p.add_argument("--bits", type=_bits_arg, default=None,
                    help="choices, e.g. 2-8 or 2,4,8 (default: within one bit of the budget, as plan())")
     p.add_argument("--act-bits", type=_act_bits_arg, default=8,
@@ -183,8 +183,58 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=30.0, help="solver time limit in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress display and no summary")
 
+
+def _budgets_arg(text: str) -> list[str]:
+    budgets = [b.strip() for b in text.split(",") if b.strip()]
+    if not budgets:
+        raise argparse.ArgumentTypeError(f"--budgets takes budgets separated by commas, got {text!r}")
+    return budgets
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ompq-ext", description="OMPQ mixed-precision planning for PyTorch models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="plan weight bits for a model from one batch")
+    _model_args(p)
+    p.add_argument("--budget", required=True, action="append",
+                   help="4.5MiB | 5MB | 3.5bits | 0.15 | 75GBOPs; repeat for a size and a BOPs budget")
+    p.add_argument("-o", "--output", help="write the plan as JSON here")
+    _planning_args(p)
+
+    w = sub.add_parser("sweep", help="plans at several budgets from one feature pass, against uniform precision")
+    _model_args(w)
+    w.add_argument("--budgets", required=True, type=_budgets_arg,
+                   help="comma-separated budgets, e.g. 2.5bits,3bits,4bits,6bits (each as --budget takes it)")
+    w.add_argument("--evaluate", help="package.module:function taking the quantized model, returning a number "
+                                      "(accuracy, loss): measured for every plan and uniform reference")
+    w.add_argument("--metric", default="metric", help="the name of what --evaluate returns (default 'metric')")
+    w.add_argument("--lower-is-better", action="store_true", help="the metric is a loss: smaller is better")
+    w.add_argument("--recipe", choices=["rtn", "gptq", "adaround", "brecq"], default="rtn",
+                   help="how each plan is quantized for --evaluate (default rtn)")
+    w.add_argument("--plot", help="draw the front here (PNG; needs matplotlib: pip install 'ompq_ext[plot]')")
+    w.add_argument("-o", "--output", help="write the table's numbers as JSON here")
+    _planning_args(w)
+
     r = sub.add_parser("report", help="print the summary of a saved plan")
     r.add_argument("plan", help="plan JSON file")
+    r.add_argument("--plot", metavar="DIR", help="also draw bits.png (and orm.png for an ompq plan) into DIR "
+                                                 "(needs matplotlib: pip install 'ompq_ext[plot]')")
+
+    e = sub.add_parser("export", help="a plan as HAWQ-V3's bit config or a plain dict; or the model quantized by "
+                                      "it as ONNX (QDQ) or packed integer weights (safetensors)")
+    e.add_argument("plan", help="plan JSON file")
+    e.add_argument("--format", required=True, choices=["hawq", "dict", "onnx", "packed"],
+                   help="hawq / dict: JSON bit configurations; onnx / packed: quantize --model first (needs --data)")
+    e.add_argument("-o", "--output", required=True, help="the file to write")
+    e.add_argument("--model", help="onnx / packed: package.module:factory returning the float nn.Module")
+    e.add_argument("--weights", help="state dict file for --model (loaded with weights_only=True)")
+    e.add_argument("--data", help="onnx / packed: calibration data (.pt / .npz / package.module:callable); its "
+                                  "first samples are also ONNX's example inputs")
+    e.add_argument("--data-key", help="array name inside an .npz file")
+    e.add_argument("--recipe", choices=["rtn", "gptq", "adaround", "brecq"], default="rtn",
+                   help="how the model is quantized (default rtn)")
+    e.add_argument("--opset", type=int, default=17, help="onnx: the opset (>= 13; default 17)")
 
     d = sub.add_parser("demo", help="plan, quantize and evaluate the bundled MNIST-1D model (no network needed)")
     d.add_argument("--method", choices=["rtn", "gptq", "adaround", "brecq"], default="rtn",
@@ -198,18 +248,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plan_options(args) -> dict:
+    return dict(method=args.method, bits=args.bits, act_bits=args.act_bits, group_size=args.group_size,
+                scale_bits=args.scale_bits, fixed_bits=dict(args.fixed), include=args.include, exclude=args.exclude,
+                include_embeddings=args.include_embeddings, num_samples=args.num_samples, beta=args.beta,
+                objective=args.objective, feature_point=args.feature_point, estimator=args.estimator,
+                bn_mode=args.bn_mode, time_limit_s=args.time_limit, progress=not args.quiet)
+
+
 def _cmd_plan(args) -> int:
     model = load_model(args.model, args.weights)
     data = load_data(args.data, args.data_key)
-    result = plan(
-        model, data, args.budget if len(args.budget) > 1 else args.budget[0],
-        method=args.method, bits=args.bits, act_bits=args.act_bits, group_size=args.group_size,
-        scale_bits=args.scale_bits, fixed_bits=dict(args.fixed), include=args.include,
-        exclude=args.exclude, include_embeddings=args.include_embeddings, num_samples=args.num_samples, beta=args.beta, objective=args.objective,
-        feature_point=args.feature_point, estimator=args.estimator, bn_mode=args.bn_mode,
-        time_limit_s=args.time_limit,
-        progress=not args.quiet,
-    )
+    result = plan(model, data, args.budget if len(args.budget) > 1 else args.budget[0], **_plan_options(args))
     if not args.quiet:
         print(result.summary())
     if args.output:
@@ -219,8 +269,61 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import sweep
+
+    model = load_model(args.model, args.weights)
+    data = load_data(args.data, args.data_key)
+    evaluate = _import_object(args.evaluate, "--evaluate") if args.evaluate else None
+    if evaluate is not None and not callable(evaluate):
+        raise OmpqTypeError(f"--evaluate {args.evaluate!r} is a {type(evaluate).__name__}, not a function")
+    result = sweep(model, data, args.budgets, evaluate=evaluate, recipe=args.recipe, metric_name=args.metric,
+                   maximize=not args.lower_is_better, **_plan_options(args))
+    print(result.table())
+    if args.plot:
+        print(f"plot written to {result.plot(args.plot)}")
+    if args.output:
+        result.save(args.output)
+        print(f"sweep written to {args.output}")
+    return 0
+
+
 def _cmd_report(args) -> int:
-    print(Plan.load(args.plan).summary())
+    plan_ = Plan.load(args.plan)
+    print(plan_.summary())
+    if args.plot:
+        from .plots import report_plots
+
+        for path in report_plots(plan_, args.plot):
+            print(f"plot written to {path}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    plan_ = Plan.load(args.plan)
+    if args.format in ("hawq", "dict"):
+        config = plan_.to_hawq_bit_config() if args.format == "hawq" else plan_.to_dict()
+        Path(args.output).write_text(json.dumps(config, indent=1))
+        print(f"{args.format} configuration written to {args.output}")
+        return 0
+    if not args.model or not args.data:
+        raise OmpqValueError(f"--format {args.format} quantizes the model first: give --model and --data")
+    from . import export
+    from .inputs import gather_samples
+    from .quant.api import quantize
+
+    model = load_model(args.model, args.weights)
+    data = load_data(args.data, args.data_key)
+    qmodel = quantize(model, plan_, calib=data, method=args.recipe, progress=False)
+    if args.format == "packed":
+        export.save_packed(qmodel, args.output)
+    else:
+        inputs, kwargs = gather_samples(data, 8, None, min_samples=2, warn=False)
+        if kwargs:
+            raise OmpqValueError("--format onnx takes positional tensor inputs; this data gives keyword inputs "
+                                 "(export from Python: ompq_ext.export.onnx)")
+        export.onnx(qmodel, tuple(inputs), args.output, opset=args.opset)
+    print(f"{args.format} model written to {args.output}")
     return 0
 
 
@@ -233,7 +336,8 @@ def _cmd_demo(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"plan": _cmd_plan, "report": _cmd_report, "demo": _cmd_demo}
+    commands = {"plan": _cmd_plan, "sweep": _cmd_sweep, "report": _cmd_report, "export": _cmd_export,
+                "demo": _cmd_demo}
     try:
         return commands[args.command](args)
     except OmpqError as e:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from . import distributed
 from .allocators import ALLOCATORS, OMPQ, Allocator, Scores, ScoringInput
 from .errors import FeatureError, OmpqTypeError, OmpqValueError, check_choice
 from .features import BN_MODES, observe
@@ -109,8 +110,28 @@ def plan(
         reference code); the model's state is restored either way.
     latency_table: {layer name: {bits: cost}} with latency_budget.
 
+    Under an initialised ``torch.distributed`` with several ranks, each rank passes its own part of the batch
+    (``num_samples`` per rank) and every rank gets the plan one process gets on all the parts joined in rank
+    order (``distributed.py``: OMPQ splits the pass and sums the Grams; other methods gather the samples).
+
     The model is left exactly as it was: parameters, buffers, train/eval flags, hooks.
     """
+    options = dict(method=method, bits=bits, act_bits=act_bits, group_size=group_size, scale_bits=scale_bits,
+                   fixed_bits=fixed_bits, include=include, exclude=exclude, layer_types=layer_types,
+                   include_embeddings=include_embeddings, ties=ties, num_samples=num_samples, input_fn=input_fn,
+                   beta=beta, objective=objective, feature_point=feature_point, estimator=estimator,
+                   bn_mode=bn_mode, latency_table=latency_table, latency_budget=latency_budget,
+                   time_limit_s=time_limit_s, num_threads=num_threads, progress=progress)
+    return next(_plans(model, loader, [budget], **options)).plan
+
+
+def _plans(model: nn.Module, loader, budgets, *, method=None, bits=None, act_bits=8, group_size=None, scale_bits=16,
+          fixed_bits=None, include=None, exclude=None, layer_types=(), include_embeddings=False, ties=(),
+          num_samples=None, input_fn=None, beta=None, objective=None, feature_point=None, estimator=None,
+          bn_mode="eval", latency_table=None, latency_budget=None, time_limit_s=30.0, num_threads=0, progress=None):
+    """plan() for each of ``budgets`` in turn from one feature pass (a generator of ``_Planned``): every budget
+    is checked first, then the samples are drawn and the pass runs once; each plan is what plan() gives for
+    its budget with the same settings (``sweep`` is built on it). Its timing holds the shared stages in full."""
     start, timing = time.perf_counter(), {}
     allocator = _allocator(method, beta=beta, objective=objective, feature_point=feature_point,
                            estimator=estimator, num_threads=num_threads)
@@ -124,58 +145,93 @@ def plan(
                              f"got {scale_bits!r}")
     layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types, optional=True,
                          embeddings=include_embeddings)
-    options = check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
-                            latency_table=latency_table, latency_budget=latency_budget)
-    if options.act_choices and not allocator.scores_act_bits:
+    each = [check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
+                          latency_table=latency_table, latency_budget=latency_budget) for budget in budgets]
+    if each[0].act_choices and not allocator.scores_act_bits:
         raise OmpqValueError(f"act_bits={act_bits!r} makes the activation bits a decision, but the {allocator.name!r} "
                              f"method does not score them; use method='verified', 'output_error' or 'ompq', or one "
                              f"activation bit-width")
     with _stage(timing, "data"):
         samples = gather_samples(loader, num_samples, input_fn, min_samples=allocator.min_samples, warn=asked)
         num_samples = sample_count(samples)  # fewer than asked where the loader ran out (with a warning)
+        shard = distributed.shard_of(samples) if distributed.active() else None
+        if shard is not None and not isinstance(allocator, OMPQ):
+            samples, shard = distributed.all_samples(samples, shard), None  # every rank plans on all of them
+            num_samples = sample_count(samples)
     with _stage(timing, "features"):
-        collectors = allocator.collectors(layers, num_samples)
+        if shard is None:
+            collectors = allocator.collectors(layers, num_samples)
+        else:  # OMPQ on this rank's part: the Grams are summed over the ranks
+            collectors, num_samples = [distributed.ShardedGrams(layers, shard, num_threads=num_threads)], shard.total
         seen = observe(model, layers, samples, collectors, feature_point=allocator.feature_point,
                        bn_mode=bn_mode, progress=progress)
     planned, skipped = _planned_layers(layers, seen, allocator.feature_point)
     overhead = scale_overhead(planned, [seen.channel_axis[layers.index(x)] for x in planned], group_size=group_size,
-                              act_bits=min(options.act_choices or (options.act_bits,)), scale_bits=scale_bits)
-    problem = build_problem(model, planned, {x.name: seen.macs[layers.index(x)] for x in planned}, options, ties,
-                            scale_bits=overhead)
-    with _stage(timing, "scores"):
-        indices = [layers.index(x) for x in planned]
-        allowed = {n: s.bits for s, g in zip(problem.specs, problem.groups) for n in g.layers}
-        def solve(candidate: Scores, with_act: bool = False, fixed_act: int | None = None) -> dict:
-            """{layer: bits} of the exact plan of ``candidate``; with_act: {layer: (bits, act bits)};
-            fixed_act: every input at those bits instead of the choices (a weight-only plan)."""
-            candidate.check([x.name for x in planned], allocator.name)
-            here = problem
-            if fixed_act is not None:
-                here = dataclasses.replace(problem, specs=[dataclasses.replace(s, act_choices=(), act_bits=fixed_act)
-                                                           for s in problem.specs])
-                candidate = dataclasses.replace(candidate, act_values=None)
-            a = solve_problem(here, candidate, time_limit_s)
-            return {n: (int(b), int(act)) if with_act else int(b)
-                    for g, b, act in zip(problem.groups, a.bits, a.act_bits) for n in g.layers}
+                              act_bits=min(each[0].act_choices or (each[0].act_bits,)), scale_bits=scale_bits)
+    indices = [layers.index(x) for x in planned]
+    shared_stages, shared = time.perf_counter() - start, {}  # shared: work the scorings share (quantized weights)
+    for options in each:
+        begin, own = time.perf_counter(), dict(timing)
+        problem = build_problem(model, planned, {x.name: seen.macs[layers.index(x)] for x in planned}, options, ties,
+                                scale_bits=overhead)
+        with _stage(own, "scores"):
+            scores = _score(allocator, model, problem, planned, indices, samples, collectors, seen, options,
+                            time_limit_s, progress, shared)
+        with _stage(own, "solve"):
+            allocation = solve_problem(problem, scores, time_limit_s)
+        own["total"] = shared_stages + time.perf_counter() - begin
+        settings = Settings(method=allocator.name, bits=list(problem.bits),
+                            act_bits=list(options.act_choices) if options.act_choices else options.act_bits,
+                            group_size=group_size, scale_bits=scale_bits,
+                            fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
+                            ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
+                            cost=_method_cost(scores), method_settings=_method_settings(allocator))
+        where = {x.name: (seen.outside[layers.index(x)] or x.attr != "weight" or x.kind == "Embedding",
+                          seen.channel_axis[layers.index(x)]) for x in planned}
 
-        scores = allocator.scores(ScoringInput(model, samples, planned, indices, problem.bits, collectors, allowed,
-                                               [seen.channel_axis[i] for i in indices], solve, progress,
-                                               act_bits=options.act_choices))
-        if not isinstance(scores, Scores):
-            raise OmpqTypeError(f"the {allocator.name!r} allocator returned {type(scores).__name__}, not Scores")
-        scores.check([x.name for x in planned], allocator.name)
-    with _stage(timing, "solve"):
-        allocation = solve_problem(problem, scores, time_limit_s)
-    timing["total"] = time.perf_counter() - start
-    settings = Settings(method=allocator.name, bits=list(problem.bits),
-                        act_bits=list(options.act_choices) if options.act_choices else options.act_bits,
-                        group_size=group_size, scale_bits=scale_bits,
-                        fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
-                        ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
-                        cost=_method_cost(scores), method_settings=_method_settings(allocator))
-    where = {x.name: (seen.outside[layers.index(x)] or x.attr != "weight" or x.kind == "Embedding",
-                      seen.channel_axis[layers.index(x)]) for x in planned}
-    return _record(model, planned, skipped, problem, scores, allocation, settings, timing, where)
+        def record(allocation, problem=problem, scores=scores, settings=settings, timing=own, where=where) -> Plan:
+            return _record(model, planned, skipped, problem, scores, allocation, settings, timing, where)
+        yield _Planned(record(allocation), problem, scores, record)
+
+
+@dataclasses.dataclass
+class _Planned:
+    """One budget's plan, with its problem and scores and how to record another allocation of that problem
+    (``record(allocation) -> Plan``: a sweep's uniform references)."""
+
+    plan: Plan
+    problem: object
+    scores: Scores
+    record: object
+
+
+def _score(allocator, model, problem, planned, indices, samples, collectors, seen, options, time_limit_s, progress,
+           shared) -> Scores:
+    """The allocator's scores of the planned layers for this problem (its budgets and bit choices)."""
+    allowed = {n: s.bits for s, g in zip(problem.specs, problem.groups) for n in g.layers}
+
+    def solve(candidate: Scores, with_act: bool = False, fixed_act: int | None = None) -> dict:
+        """{layer: bits} of the exact plan of ``candidate``; with_act: {layer: (bits, act bits)};
+        fixed_act: every input at those bits instead of the choices (a weight-only plan)."""
+        candidate.check([x.name for x in planned], allocator.name)
+        here = problem
+        if fixed_act is not None:
+            here = dataclasses.replace(problem, specs=[dataclasses.replace(s, act_choices=(), act_bits=fixed_act)
+                                                       for s in problem.specs])
+            candidate = dataclasses.replace(candidate, act_values=None)
+        a = solve_problem(here, candidate, time_limit_s)
+        return {n: (int(b), int(act)) if with_act else int(b)
+                for g, b, act in zip(problem.groups, a.bits, a.act_bits) for n in g.layers}
+
+    scores = allocator.scores(ScoringInput(model=model, samples=samples, layers=planned,
+                                           indices=indices, bits=problem.bits, collectors=collectors,
+                                           allowed=allowed, channel_axes=[seen.channel_axis[i] for i in indices],
+                                           solve=solve, progress=progress, shared=shared,
+                                           act_bits=options.act_choices))
+    if not isinstance(scores, Scores):
+        raise OmpqTypeError(f"the {allocator.name!r} allocator returned {type(scores).__name__}, not Scores")
+    scores.check([x.name for x in planned], allocator.name)
+    return scores
 
 
 @contextmanager

@@ -233,6 +233,23 @@ def solve_problem(problem: Problem, scores: Scores, time_limit_s: float) -> Allo
                  time_limit_s=time_limit_s)
 
 
+def allocation_at(problem: Problem, scores: Scores, bits: list[int]) -> Allocation:
+    """The given bits per group as an allocation of ``problem`` (no solve; the budgets are not checked): its
+    size and BOPs, and its objective under ``scores`` (NaN where they do not score those bits). Status "GIVEN"."""
+    specs, acts = problem.specs, [s.act_bits for s in problem.specs]
+    try:
+        if scores.values is None:
+            objective = math.fsum(sum(scores.weights[n] for n in g.layers) * b for g, b in zip(problem.groups, bits))
+        else:
+            objective = math.fsum(_group_values((b,), g, scores.values)[b] for g, b in zip(problem.groups, bits))
+    except OmpqValueError:
+        objective = math.nan
+    size = sum(s.params * b for s, b in zip(specs, bits)) + problem.fixed_bits
+    bops = sum(s.macs * b * a for s, b, a in zip(specs, bits, acts))
+    return Allocation(bits=list(bits), status="GIVEN", objective=objective, bound=objective, gap=0.0, size_bits=size,
+                      bops=bops, latency=None, solve_time_s=0.0, act_bits=acts, engine="none")
+
+
 def _group_values(bits: tuple[int, ...], group: LayerGroup, values, what: str = "") -> dict[int, float]:
     """The group's value at each allowed (activation, where ``what`` says so) bit-width: the sum over its
     layers (each checked to be a number)."""

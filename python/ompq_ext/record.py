@@ -318,6 +318,26 @@ class Plan:
             skipped=f["skipped"],
         )
 
+    # ---------------------------------------------------------------- other toolkits
+
+    def to_dict(self) -> dict:
+        """The bits in a plain form for other toolkits' configs: each planned layer's weight bits, input bits,
+        output-channel axis and group size, with the plan's size and BOPs (the plan file, ``to_json``, has
+        everything)."""
+        acts, group = self.act_bits, self.settings.group_size
+        return {"format": "ompq_ext.bits", "version": 1,
+                "layers": {x.name: {"weight_bits": x.bits, "act_bits": acts[x.name], "channel_axis": x.channel_axis,
+                                    "group_size": group, "kind": x.kind, "params": x.params}
+                           for x in self.layers},
+                "size_bits": self.totals.size_bits, "avg_bits": self.totals.avg_bits, "bops": self.totals.bops}
+
+    def to_hawq_bit_config(self, names: dict | None = None) -> dict[str, int]:
+        """HAWQ-V3's per-quantizer bit configuration of this plan (a torchvision ResNet's layers map onto
+        HAWQ's quantizer names; for other models give ``names``, {layer: HAWQ quantizer name})."""
+        from .bit_configs import hawq_bit_config
+
+        return hawq_bit_config(self, names)
+
     def check_model(self, model: nn.Module) -> None:
         """Raise PlanFileError unless every planned layer exists in ``model`` with the same weight size."""
         owners = {x.name: weight_owner(model, x.name) for x in self.layers}

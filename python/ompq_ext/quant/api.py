@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +38,17 @@ CALIBRATED_METHODS = ("gptq", *RECONSTRUCTION_METHODS)  # the recipes that need 
 
 
 # ---------------------------------------------------------------- helpers
+
+
+@dataclass
+class QuantRecipe:
+    """How ``quantize()`` made a model, kept on it as ``qmodel.ompq_recipe`` for the exports: the plan and the
+    options that shape its quantizers (the rounding recipe is in the weights)."""
+
+    plan: Plan
+    act_bits: int | None  # quantize()'s act_bits (None: the plan's)
+    act_calib: str
+    group_size: int | None
 
 
 def _as_plan(plan):
@@ -268,6 +280,37 @@ def quantize(
                 f"cannot copy the model ({type(e).__name__}: {e}); pass inplace=True to quantize it in place"
             ) from e
 
+    wrappers, functional = _wrap(qmodel, plan, config, acts, group_size)
+    qmodel.eval()
+    if act is not None:
+        _calibrate_on(qmodel, *inputs, show, config.mask_padding)
+    if config.method == "gptq":
+        from .gptq import gptq
+
+        _warn_outside(functional, "gptq")
+        gptq(qmodel, inputs, progress=show, records=records, mask_padding=config.mask_padding,
+             **config.reconstruction_options())
+        qmodel.eval()
+    if reconstructing:
+        try:
+            from .reconstruct import reconstruct
+        except ImportError as e:
+            raise OmpqError(f"method={config.method!r} needs ompq_ext.quant.reconstruct, which failed to import: {e}") from e
+        _warn_outside(functional, config.method)
+        if wrappers:
+            with lent(fp_model):
+                fp_model.eval()
+                reconstruct(qmodel, fp_model, inputs, method=config.method, progress=show, records=records,
+                            **config.reconstruction_options())
+        qmodel.eval()
+    # What the exports need to build the same quantizers again (ompq_ext.export).
+    qmodel.ompq_recipe = QuantRecipe(plan, config.act_bits, config.act_calib, group_size)
+    return qmodel
+
+
+def _wrap(qmodel: nn.Module, plan: Plan, config, acts: dict, group_size) -> tuple[list, list]:
+    """Put the quantizers of ``plan`` into ``qmodel`` (uncalibrated): a QuantLayer in place of every planned
+    layer called as a module, a parametrization on every other planned weight. Returns (wrappers, functional)."""
     # Build every wrapper first (a bad bit-width fails before the model is touched), then swap.
     modules = dict(qmodel.named_modules())
     places = _occurrences(qmodel)
@@ -315,29 +358,7 @@ def quantize(
     fused = [m for m in qmodel.modules() if isinstance(m, _FUSED) and any(isinstance(x, QuantLayer) for x in m.modules())]
     quantize_op_inputs(qmodel, [owner for owner, _, q in functional if getattr(q, "input_quantizer", None)], fused)
 
-    qmodel.eval()
-    if act is not None:
-        _calibrate_on(qmodel, *inputs, show, config.mask_padding)
-    if config.method == "gptq":
-        from .gptq import gptq
-
-        _warn_outside(functional, "gptq")
-        gptq(qmodel, inputs, progress=show, records=records, mask_padding=config.mask_padding,
-             **config.reconstruction_options())
-        qmodel.eval()
-    if reconstructing:
-        try:
-            from .reconstruct import reconstruct
-        except ImportError as e:
-            raise OmpqError(f"method={config.method!r} needs ompq_ext.quant.reconstruct, which failed to import: {e}") from e
-        _warn_outside(functional, config.method)
-        if wrappers:
-            with lent(fp_model):
-                fp_model.eval()
-                reconstruct(qmodel, fp_model, inputs, method=config.method, progress=show, records=records,
-                            **config.reconstruction_options())
-        qmodel.eval()
-    return qmodel
+    return wrappers, functional
 
 
 def _warn_outside(functional, method: str) -> None:
