@@ -122,6 +122,7 @@ def test_the_default_method_is_not_comparable_across_budgets_and_says_so(demo):
     assert not result.comparable
     assert all(r.objective is None for r in result.references)
     assert "do not compare across rows" in result.table() and "objective" not in result.table().splitlines()[0]
+    assert result.front() == [] and "no front" in result.table() and "*" not in result.table()
 
 
 def test_bad_arguments_are_named(demo):

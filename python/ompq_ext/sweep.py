@@ -69,7 +69,7 @@ class Sweep:
 
     def front(self) -> list[SweepPoint]:
         """The points (plans and references) no other point beats: no larger and at least as good, on the
-        metric where measured, else on the objective where comparable; by size alone otherwise."""
+        metric where measured, else on the objective where the plans' objectives compare; none otherwise."""
         def quality(p):
             if self.metric_name is not None:
                 return p.metric if self.maximize else -p.metric
@@ -80,7 +80,6 @@ class Sweep:
         for p in everyone:
             q = quality(p)
             if q is None:
-                out.append(p)
                 continue
             beaten = any(o is not p and quality(o) is not None and o.size_mib <= p.size_mib and quality(o) >= q
                          and (o.size_mib < p.size_mib or quality(o) > q) for o in everyone)
@@ -107,7 +106,8 @@ class Sweep:
                             + (f" {p.metric:>12.6g}" if metric else "")
                             + "  " + " ".join(f"{b}:{n}" for b, n in sorted(used.items())))
         notes = ["* on the front: no smaller point is at least as good"
-                 + (f" ({'larger' if self.maximize else 'smaller'} {metric} is better)" if metric else "")]
+                 + (f" ({'larger' if self.maximize else 'smaller'} {metric} is better)" if metric else "")
+                 if front else "no front: nothing measured, and the objectives do not compare"]
         if not self.comparable:
             notes.append(f"no objective column: {self.plans[0].settings.method!r} scores each budget's layers anew, so "
                          "objectives do not compare across rows" + ("; compare the metric" if metric else
