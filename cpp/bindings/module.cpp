@@ -349,6 +349,16 @@ void check_workspace(std::uintptr_t workspace, std::int64_t workspace_bytes, std
         fail("workspace_bytes is " + std::to_string(workspace_bytes) + ", needs " + std::to_string(need));
 }
 
+// A size computation of the core; its overflow (std::invalid_argument) becomes OmpqValueError.
+template <typename Size>
+std::size_t sized(Size size) {
+    try {
+        return size();
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+}
+
 // Runs a CUDA core call without the GIL; its exceptions (bad arguments, launch errors) become OmpqValueError.
 template <typename Call>
 void call_cuda(Call call) {
@@ -403,7 +413,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("cuda_device_available", &ompq::cuda::device_available, "Whether a CUDA device is visible.");
     m.def("gram_workspace_bytes", [](std::int64_t n, std::int64_t d) {
         if (n < 1 || d < 1) fail("n and d must be >= 1");
-        return ompq::cuda::gram_workspace_bytes(static_cast<std::size_t>(n), static_cast<std::size_t>(d));
+        return sized([&] { return ompq::cuda::gram_workspace_bytes(static_cast<std::size_t>(n), static_cast<std::size_t>(d)); });
     }, py::arg("n"), py::arg("d"), "Bytes of device workspace gram_accumulate_cuda needs.");
     m.def("gram_accumulate_cuda", [](std::uintptr_t x, const std::string& dtype, std::int64_t n, std::int64_t d,
                                      std::int64_t row_stride, std::uintptr_t gram, std::uintptr_t workspace,
@@ -420,8 +430,8 @@ PYBIND11_MODULE(_core, m) {
         else fail("dtype must be 'f32', 'f16' or 'bf16', got '" + dtype + "'");
         if (n < 1 || d < 1 || row_stride < d) fail("need n >= 1, d >= 1 and row_stride >= d");
         if (x == 0 || gram == 0 || workspace == 0) fail("x, gram and workspace must be device pointers, got a null one");
-        check_workspace(workspace, workspace_bytes,
-                        ompq::cuda::gram_workspace_bytes(static_cast<std::size_t>(n), static_cast<std::size_t>(d)));
+        check_workspace(workspace, workspace_bytes, sized([&] {
+            return ompq::cuda::gram_workspace_bytes(static_cast<std::size_t>(n), static_cast<std::size_t>(d)); }));
         call_cuda([&] {
             ompq::cuda::gram_accumulate(reinterpret_cast<const void*>(x), dt, static_cast<std::size_t>(n),
                                         static_cast<std::size_t>(d), static_cast<std::size_t>(row_stride),
@@ -436,7 +446,7 @@ PYBIND11_MODULE(_core, m) {
        "(tensor cores for 16-bit features on sm_80+), 'cuda_cores' or 'tensor_cores'.");
     m.def("orm_workspace_bytes", [](std::int64_t layers, std::int64_t n) {
         if (layers < 1 || n < 1) fail("layers and n must be >= 1");
-        return ompq::cuda::orm_workspace_bytes(static_cast<std::size_t>(layers), static_cast<std::size_t>(n));
+        return sized([&] { return ompq::cuda::orm_workspace_bytes(static_cast<std::size_t>(layers), static_cast<std::size_t>(n)); });
     }, py::arg("layers"), py::arg("n"), "Bytes of device workspace orm_matrix_cuda needs.");
     m.def("orm_matrix_cuda", [](std::uintptr_t grams, std::int64_t layers, std::int64_t n, const std::string& estimator,
                                 std::uintptr_t orm, std::uintptr_t workspace, std::int64_t workspace_bytes,
@@ -448,8 +458,8 @@ PYBIND11_MODULE(_core, m) {
             fail("the " + estimator + " estimator needs n in " + std::to_string(least) + "..46340, got " +
                  std::to_string(n));
         if (grams == 0 || orm == 0 || workspace == 0) fail("grams, orm and workspace must be device pointers, got a null one");
-        check_workspace(workspace, workspace_bytes,
-                        ompq::cuda::orm_workspace_bytes(static_cast<std::size_t>(layers), static_cast<std::size_t>(n)));
+        check_workspace(workspace, workspace_bytes, sized([&] {
+            return ompq::cuda::orm_workspace_bytes(static_cast<std::size_t>(layers), static_cast<std::size_t>(n)); }));
         call_cuda([&] {
             ompq::cuda::orm_matrix(reinterpret_cast<const double*>(grams), static_cast<std::size_t>(layers),
                                    static_cast<std::size_t>(n), est, reinterpret_cast<double*>(orm),
@@ -484,7 +494,7 @@ PYBIND11_MODULE(_core, m) {
        py::arg("zero_point"), py::arg("qmin"), py::arg("qmax"), py::arg("stream"),
        "fake_quant_forward on float32 device buffers, enqueued on `stream`.");
     m.def("fake_quant_backward_workspace_bytes", [=](std::int64_t outer, std::int64_t channels, std::int64_t inner) {
-        return ompq::cuda::fake_quant_backward_workspace_bytes(cuda_layout(outer, channels, inner));
+        return sized([&] { return ompq::cuda::fake_quant_backward_workspace_bytes(cuda_layout(outer, channels, inner)); });
     }, py::arg("outer"), py::arg("channels"), py::arg("inner"));
     m.def("fake_quant_backward_cuda", [=](std::uintptr_t x, std::uintptr_t grad, std::uintptr_t grad_x,
                                           std::uintptr_t grad_scale, std::uintptr_t grad_zero, std::int64_t outer,
@@ -496,7 +506,7 @@ PYBIND11_MODULE(_core, m) {
         if (x == 0 || grad == 0 || grad_x == 0 || scale == 0 || zero_point == 0)
             fail("x, grad, grad_x, scale and zero_point must be device pointers");
         if (grad_scale != 0 || grad_zero != 0)  // the workspace holds the scale / zero-point sums
-            check_workspace(workspace, workspace_bytes, ompq::cuda::fake_quant_backward_workspace_bytes(layout));
+            check_workspace(workspace, workspace_bytes, sized([&] { return ompq::cuda::fake_quant_backward_workspace_bytes(layout); }));
         call_cuda([&] {
             ompq::cuda::fake_quant_backward(
                 reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(grad), reinterpret_cast<float*>(grad_x),

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ompq/checked.hpp"
 #include "ompq/cuda.hpp"
 #include "../src/fake_quant_columns.hpp"
 #include "block_sum.cuh"
@@ -297,12 +298,19 @@ void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, con
 }
 
 std::size_t fake_quant_backward_workspace_bytes(const QuantLayout& given) {
+    const char* what = "fake_quant_backward_workspace_bytes";
+    // The tensor's size, and what the grid below computes in signed 64-bit, must fit first.
+    if (checked_mul(checked_mul(given.outer, given.channels, what), given.inner, what) >
+        static_cast<std::size_t>(std::numeric_limits<long long>::max() / 4))
+        throw std::invalid_argument(std::string(what) + ": the tensor is too large to address");
     const QuantLayout layout = detail::merge_single_channel(given);
     if (detail::short_runs(layout) && layout.size() > 0) {
         const ColumnGrid g(layout);
         return static_cast<std::size_t>(g.tiles * g.width) * 2 * sizeof(double);
     }
-    return static_cast<std::size_t>(layout.outer * layout.channels * segments_of(layout)) * 2 * sizeof(double);
+    return checked_mul(checked_mul(checked_mul(layout.outer, layout.channels, what),
+                                   static_cast<std::size_t>(segments_of(layout)), what),
+                       2 * sizeof(double), what);
 }
 
 void fake_quant_backward(const float* x, const float* gy, float* gx, float* gscale, float* gzero,

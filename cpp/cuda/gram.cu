@@ -20,6 +20,7 @@
 #include <string>
 #include <type_traits>
 
+#include "ompq/checked.hpp"
 #include "ompq/cuda.hpp"
 #include "upper_pairs.cuh"
 
@@ -208,11 +209,12 @@ bool device_available() {
 }
 
 std::size_t gram_workspace_bytes(std::size_t n, std::size_t d) {
-    const std::size_t tiles = (n + kTile - 1) / kTile;
-    const std::size_t pairs = tiles * (tiles + 1) / 2;
+    const char* what = "gram_workspace_bytes";
+    const std::size_t tiles = n / kTile + (n % kTile != 0);
+    const std::size_t pairs = checked_mul(tiles, tiles + 1, what) / 2;
     const std::size_t columns = std::min(d, kColumnsPerLaunch);
     const std::size_t chunks = (columns + kGramChunk - 1) / kGramChunk;
-    return chunks * pairs * kTile * kTile * sizeof(float);
+    return checked_mul(checked_mul(chunks, pairs, what), kTile * kTile * sizeof(float), what);
 }
 
 void gram_accumulate(const void* x, DType dtype, std::size_t n, std::size_t d, std::size_t row_stride,

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ompq/checked.hpp"
 #include "ompq/cuda.hpp"
 #include "block_sum.cuh"
 #include "upper_pairs.cuh"
@@ -120,7 +121,12 @@ struct Workspace {
 }  // namespace
 
 std::size_t orm_workspace_bytes(std::size_t num_layers, std::size_t n) {
-    return (num_layers * n * n + num_layers * 2 * n + num_layers + num_layers * num_layers) * sizeof(double);
+    const char* what = "orm_workspace_bytes";
+    const std::size_t grams = checked_mul(num_layers, checked_mul(n, n, what), what);
+    const std::size_t sums = checked_mul(num_layers, checked_mul(2, n, what), what);
+    const std::size_t pairs = checked_mul(num_layers, num_layers, what);
+    const std::size_t doubles = checked_add(checked_add(grams, sums, what), checked_add(num_layers, pairs, what), what);
+    return checked_mul(doubles, sizeof(double), what);
 }
 
 void orm_matrix(const double* grams, std::size_t num_layers, std::size_t n, Estimator estimator, double* orm,

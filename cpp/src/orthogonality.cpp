@@ -3,8 +3,10 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "ompq/checked.hpp"
 #include "ompq/orthogonality.hpp"
 
 #ifdef _OPENMP
@@ -71,8 +73,16 @@ void orm_matrix(const double* grams, std::size_t num_layers, std::size_t n, Esti
                 double* orm, int num_threads) {
     if (grams == nullptr || orm == nullptr) throw std::invalid_argument("orm_matrix: null pointer");
     if (num_layers == 0) throw std::invalid_argument("orm_matrix: no layers");
-    const std::size_t nn = n * n;
+    const std::size_t nn = checked_mul(n, n, "orm_matrix");
+    checked_mul(num_layers, nn, "orm_matrix");
     const long L = static_cast<long>(num_layers);
+    // A NaN or Inf would make the whole matrix NaN, indistinguishable from a Gram that centres to zero.
+    for (std::size_t e = 0; e < num_layers * nn; ++e)
+        if (!std::isfinite(grams[e]))
+            throw std::invalid_argument("orm_matrix: the Gram of layer " + std::to_string(e / nn) + " holds " +
+                                        (std::isnan(grams[e]) ? "a NaN" : "an infinite") + " entry at (" +
+                                        std::to_string(e % nn / n) + ", " + std::to_string(e % n) +
+                                        "); the Grams must be finite");
 
     // G: the centred Grams flattened to an L × n² matrix.
     std::vector<double> g(num_layers * nn);

@@ -91,8 +91,27 @@ class Budget:
         return {"kind": self.kind, "value": str(self.value), "text": self.text}
 
 
+# The largest size (bytes) and BOPs a budget may name: sizes are counted in 64-bit integers of bits.
+MAX_SIZE_BYTES, MAX_BOPS = 2**59, 2**62
+
+
 def parse_budget(spec) -> Budget:
     """Parse one budget: a string with a unit, a float fraction in (0, 1], or an int of bytes."""
+    if isinstance(spec, int) and not isinstance(spec, bool) and spec > MAX_SIZE_BYTES:  # before str(): it may be huge
+        raise OmpqValueError(f"budget (an integer of {spec.bit_length()} bits) is too large to represent as bytes (at "
+                             f"most 2^59); a budget above the model's FP32 size leaves every layer at the widest bits: "
+                             f"give that instead")
+    budget = _parse_budget(spec)
+    top = MAX_BOPS if budget.kind == "bops" else MAX_SIZE_BYTES
+    if budget.kind in ("size", "bops") and budget.value > top:
+        unit = "BOPs" if budget.kind == "bops" else "bytes"
+        raise OmpqValueError(f"budget {budget.text[:40]!r}{'...' if len(budget.text) > 40 else ''} is too large to "
+                             f"represent (at most 2^{top.bit_length() - 1} {unit}); a budget above the model's FP32 "
+                             f"size (or its largest BOPs) leaves every layer at the widest bits: give that instead")
+    return budget
+
+
+def _parse_budget(spec) -> Budget:
     if isinstance(spec, Budget):
         return spec
     if isinstance(spec, bool) or not isinstance(spec, (str, int, float)):

@@ -18,7 +18,10 @@ import argparse
 import importlib
 import inspect
 import json
+import os
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +58,21 @@ def _import_object(spec: str, what: str):
     return obj
 
 
+def _call_factory(factory, spec: str, what: str):
+    """The user's factory called; what it raises becomes an OmpqError naming it (--traceback shows the rest)."""
+    try:
+        return factory()
+    except OmpqError:
+        raise
+    except Exception as e:
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise OmpqValueError(f"the {what} factory {spec!r} raised {type(e).__name__}"
+                             + (f": {detail}" if detail else "")) from e
+
+
 def load_model(spec: str, weights: str | None) -> nn.Module:
     obj = _import_object(spec, "the model")
-    model = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
+    model = _call_factory(obj, spec, "model") if callable(obj) and not isinstance(obj, nn.Module) else obj
     if not isinstance(model, nn.Module):
         raise OmpqTypeError(f"{spec!r} gave {type(model).__name__}, not a torch.nn.Module")
     if weights:
@@ -117,7 +132,7 @@ def load_data(spec: str, key: str | None = None):
             return [torch.from_numpy(array)]
     if ":" in spec:
         obj = _import_object(spec, "the data")
-        return obj() if callable(obj) else obj
+        return _call_factory(obj, spec, "data") if callable(obj) else obj
     raise OmpqValueError(f"--data must be a .pt or .npz file or 'package.module:callable', got {spec!r}")
 
 
@@ -193,6 +208,8 @@ def _budgets_arg(text: str) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ompq-ext", description="OMPQ mixed-precision planning for PyTorch models")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, print the full Python traceback (also with OMPQ_TRACEBACK=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="plan weight bits for a model from one batch")
@@ -253,7 +270,8 @@ def _plan_options(args) -> dict:
                 scale_bits=args.scale_bits, fixed_bits=dict(args.fixed), include=args.include, exclude=args.exclude,
                 include_embeddings=args.include_embeddings, num_samples=args.num_samples, beta=args.beta,
                 objective=args.objective, feature_point=args.feature_point, estimator=args.estimator,
-                bn_mode=args.bn_mode, time_limit_s=args.time_limit, progress=not args.quiet)
+                bn_mode=args.bn_mode, time_limit_s=args.time_limit,
+                progress=False if args.quiet else None)  # None: a bar only on a terminal
 
 
 def _cmd_plan(args) -> int:
@@ -334,13 +352,30 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+@contextmanager
+def _warnings_as_messages():
+    """Warnings printed as one line each, "ompq-ext: warning: ...", like the errors (a caller recording
+    warnings still records them)."""
+    original = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"ompq-ext: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     commands = {"plan": _cmd_plan, "sweep": _cmd_sweep, "report": _cmd_report, "export": _cmd_export,
                 "demo": _cmd_demo}
     try:
-        return commands[args.command](args)
+        with warnings.catch_warnings(), _warnings_as_messages():
+            if getattr(args, "quiet", False):  # quiet means quiet: no bars, no summary, no warnings
+                warnings.simplefilter("ignore")
+            return commands[args.command](args)
     except OmpqError as e:
+        if args.traceback or os.environ.get("OMPQ_TRACEBACK"):
+            raise
         print(f"ompq-ext: error: {e}", file=sys.stderr)
         return 2
 

@@ -40,3 +40,16 @@ def check_choice(argument: str, value, choices) -> None:
         ok = False
     if not ok:
         raise OmpqValueError(f"{argument} must be one of {tuple(choices)}, got {value!r}")
+
+
+def user_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel, for the function calling this, that names the first frame outside
+    ompq_ext: a warning points at the user's line however deep in the package it is raised."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level

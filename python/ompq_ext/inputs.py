@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from .errors import FeatureError, OmpqError, OmpqTypeError, OmpqValueError
+from .errors import FeatureError, OmpqError, OmpqTypeError, OmpqValueError, user_stacklevel
 
 # ---------------------------------------------------------------- nested structures of tensors
 
@@ -179,7 +179,7 @@ def gather_samples(loader, num_samples: int, input_fn=None, *, loader_name: str 
             )
         if warn:
             warnings.warn(f"the {loader_name} yielded {have} samples, fewer than {count_name}={num_samples}: "
-                          f"all {have} are used", stacklevel=3)
+                          f"all {have} are used", stacklevel=user_stacklevel())
         num_samples = have
     args, kwargs = join_samples([c[0] for c in calls], sizes), join_samples([c[1] for c in calls], sizes)
     return select_samples(args, slice(0, num_samples), have), select_samples(kwargs, slice(0, num_samples), have)

@@ -19,9 +19,9 @@ from torch import nn
 
 from . import distributed
 from .allocators import ALLOCATORS, OMPQ, Allocator, Scores, ScoringInput
-from .errors import FeatureError, OmpqTypeError, OmpqValueError, check_choice
+from .errors import FeatureError, OmpqTypeError, OmpqValueError, check_choice, user_stacklevel
 from .features import BN_MODES, observe
-from .inputs import gather_samples, sample_count
+from .inputs import gather_samples, sample_count, tensors
 from .layers import find_layers
 from .problem import build_problem, check_options, scale_overhead, solve_problem
 from .quant.ops import check_group_size
@@ -143,6 +143,7 @@ def _plans(model: nn.Module, loader, budgets, *, method=None, bits=None, act_bit
     if scale_bits not in (0, 16, 32) or isinstance(scale_bits, bool):
         raise OmpqValueError(f"scale_bits must be 16 (float16 scales), 32 (float32) or 0 (weights only), "
                              f"got {scale_bits!r}")
+    _check_has_data(model)
     layers = find_layers(model, include=include, exclude=exclude, layer_types=layer_types, optional=True,
                          embeddings=include_embeddings)
     each = [check_options(layers, budget=budget, bits=bits, act_bits=act_bits, fixed_bits=fixed_bits,
@@ -154,6 +155,9 @@ def _plans(model: nn.Module, loader, budgets, *, method=None, bits=None, act_bit
     with _stage(timing, "data"):
         samples = gather_samples(loader, num_samples, input_fn, min_samples=allocator.min_samples, warn=asked)
         num_samples = sample_count(samples)  # fewer than asked where the loader ran out (with a warning)
+        if any(t.is_meta for t in tensors(samples)):
+            raise OmpqValueError("the loader's samples are on the meta device (shapes without data); give real "
+                                 "inputs")
         shard = distributed.shard_of(samples) if distributed.active() else None
         if shard is not None and not isinstance(allocator, OMPQ):
             samples, shard = distributed.all_samples(samples, shard), None  # every rank plans on all of them
@@ -234,6 +238,17 @@ def _score(allocator, model, problem, planned, indices, samples, collectors, see
     return scores
 
 
+def _check_has_data(model: nn.Module) -> None:
+    """A model on the meta device (weights not loaded yet) has nothing to plan from: say so by name."""
+    if not isinstance(model, nn.Module):
+        return  # find_layers names the type
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_meta:
+            raise OmpqValueError(f"the model's {name!r} is on the meta device (no data: its weights were never "
+                                 f"loaded); materialise the model first, e.g. model.to_empty(device='cpu') and "
+                                 f"load_state_dict(...)")
+
+
 @contextmanager
 def _stage(timing: dict, name: str):
     t = time.perf_counter()
@@ -246,17 +261,17 @@ def _planned_layers(layers, seen, feature_point):
     if feature_point == "activation" and seen.activation_calls == 0:
         warnings.warn("feature_point='activation' but no activation module ran in the forward pass "
                       "(functional activations have no module to hook); every layer's own output was used",
-                      stacklevel=3)
+                      stacklevel=user_stacklevel())
     if seen.refused:
         warnings.warn(f"{len(seen.refused)} weight(s) of modules of unknown types are used by ops whose outputs have no "
-                      f"sample dimension, and are left out of the plan: {', '.join(map(repr, seen.refused[:8]))}", stacklevel=3)
+                      f"sample dimension, and are left out of the plan: {', '.join(map(repr, seen.refused[:8]))}", stacklevel=user_stacklevel())
     planned = [layers[i] for i in seen.order if layers[i].name not in seen.refused]
     skipped = [x.name for x, calls in zip(layers, seen.calls) if calls == 0 and not x.optional]
     if not planned:
         raise FeatureError("no planned layer ran in the forward pass; check the model and input_fn")
     if skipped:
         warnings.warn(f"{len(skipped)} layer(s) never ran in the forward pass and are left out of the plan at "
-                      f"32 bits: {', '.join(skipped[:8])}{', ...' if len(skipped) > 8 else ''}", stacklevel=3)
+                      f"32 bits: {', '.join(skipped[:8])}{', ...' if len(skipped) > 8 else ''}", stacklevel=user_stacklevel())
     return planned, skipped
 
 

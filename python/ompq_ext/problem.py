@@ -21,7 +21,7 @@ from torch import nn
 from .allocators import Scores
 from .budget import Budget, parse_budgets
 from .constraints import Constraint, LatencyConstraint
-from .errors import OmpqTypeError, OmpqValueError
+from .errors import OmpqTypeError, OmpqValueError, user_stacklevel
 from .layers import Layer, LayerGroup, count_parameters, group_layers, scale_count
 from .solver import Allocation, GroupSpec, solve
 
@@ -152,7 +152,7 @@ def build_problem(model: nn.Module, planned: list[Layer], macs: dict[str, int], 
     if unplanned:
         warnings.warn(f"fixed_bits names {len(unplanned)} weight(s) that no op used in the forward pass, so they are not "
                       f"planned and their bits are not used: {', '.join(unplanned[:8])}"
-                      f"{', ...' if len(unplanned) > 8 else ''}", stacklevel=3)
+                      f"{', ...' if len(unplanned) > 8 else ''}", stacklevel=user_stacklevel())
     groups = group_layers(planned, ties)
     total_params = count_parameters(model)
     planned_params = sum(g.params for g in groups)

@@ -20,6 +20,7 @@ void center_gram(const double* k, std::size_t n, Estimator estimator, double* ou
 // grams: L consecutive n × n row-major Gram matrices. orm: L × L output.
 // A layer whose centred Gram is zero (features equal for every sample) has no
 // defined CKA: its row and column are set to NaN for the caller to report.
+// A Gram with a NaN or infinite entry is refused (std::invalid_argument naming the layer and entry).
 void orm_matrix(const double* grams, std::size_t num_layers, std::size_t n, Estimator estimator,
                 double* orm, int num_threads = 0);
 

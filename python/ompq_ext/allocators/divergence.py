@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import OmpqTypeError, OmpqValueError, check_choice
+from ..errors import OmpqTypeError, OmpqValueError, check_choice, user_stacklevel
 from ..guard import untouched
 from ..inputs import call_model, first_tensor
 from ..layers import Layer
@@ -111,7 +111,7 @@ class OutputDivergence:
                                  f"for this method; exclude it or use method='ompq' or 'output_error'")
         if computed:
             warnings.warn(f"{len(computed)} planned weight(s) are computed at each call (e.g. a parametrization) and "
-                          f"stay FP32 when the candidate plans are compared: {', '.join(computed[:8])}", stacklevel=4)
+                          f"stay FP32 when the candidate plans are compared: {', '.join(computed[:8])}", stacklevel=user_stacklevel())
         self.layers = layers
         self.like = [layer.weight for layer in layers]  # dtype and device of what a replacement stands for
         self.forward_passes = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 
-from ..errors import OmpqValueError, check_choice
+from ..errors import OmpqValueError, check_choice, user_stacklevel
 from ..features import FEATURE_POINTS, GramCollector
 from ..orthogonality import (ESTIMATORS, OBJECTIVES, check_beta, constant_as_redundant, importance, log_theta,
                              objective_weights, orm_matrix)
@@ -65,7 +65,7 @@ class OMPQ(Allocator):
                           f"is undefined: {', '.join(repr(names[i]) for i in constant[:8])}"
                           f"{', ...' if len(constant) > 8 else ''}; each is planned as fully redundant with every "
                           f"other layer (the smallest objective weight). Exclude them or use more varied samples "
-                          f"to plan them otherwise.", stacklevel=4)
+                          f"to plan them otherwise.", stacklevel=user_stacklevel())
         gamma = importance(orm)
         logt = log_theta(gamma, self.beta)
         weights = objective_weights(logt, self.objective)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import OmpqError, OmpqTypeError, OmpqValueError
+from ..errors import OmpqError, OmpqTypeError, OmpqValueError, user_stacklevel
 from ..guard import lent, untouched
 from ..inputs import call_model, gather_samples
 from ..progress import progress_bar, show_progress
@@ -140,11 +140,16 @@ def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool, mask_padding: boo
             finally:
                 for qw in weights:
                     qw.input_quantizer.observing = False
-        silent, unseen = [], []
+        silent, unseen, partly = [], [], []
         for qw in weights:
             q = qw.input_quantizer
             if q.has_data:
-                q.finalize()
+                if q.nonfinite:
+                    partly.append(f"{qw.name} ({q.nonfinite:,})")
+                try:
+                    q.finalize()
+                except OmpqValueError as e:
+                    raise OmpqValueError(f"the input quantizer of layer {qw.name!r}: {e}") from None
             elif isinstance(qw.weight_quantizer, FunctionalWeightQuantizer) and qw.weight_quantizer.reads:
                 unseen.append(qw)
             else:
@@ -156,13 +161,17 @@ def _calibrate_on(qmodel: nn.Module, args, kwargs, show: bool, mask_padding: boo
                 f"unknown: {', '.join(silent[:8])}{', ...' if len(silent) > 8 else ''}; give calib data that "
                 f"reaches every planned layer"
             )
+        if partly:
+            warnings.warn(f"{len(partly)} quantized layer(s) got NaN or infinite inputs in the calibration pass, left "
+                          f"out of their ranges: {', '.join(partly[:8])}{', ...' if len(partly) > 8 else ''}",
+                          stacklevel=user_stacklevel())
         for qw in unseen:
             qw.weight_quantizer.input_quantizer = None
         if unseen:
             names = [qw.name for qw in unseen]
             warnings.warn(f"{len(names)} weight(s) reach their ops in a way ompq_ext does not follow, so their inputs "
                           f"stay in float (quant_report counts 32-bit activations for them): "
-                          f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}", stacklevel=3)
+                          f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}", stacklevel=user_stacklevel())
 
 
 def calibrate(qmodel: nn.Module, calib, num_calib: int | None = None, *, input_fn=None, mask_padding: bool = True,
@@ -366,7 +375,7 @@ def _warn_outside(functional, method: str) -> None:
     if outside:
         warnings.warn(f"{method}: {len(outside)} weight(s) used outside their module's call are left at "
                       f"round-to-nearest ({method} rounds the weights of wrapped layers): "
-                      f"{', '.join(outside[:8])}{', ...' if len(outside) > 8 else ''}", stacklevel=3)
+                      f"{', '.join(outside[:8])}{', ...' if len(outside) > 8 else ''}", stacklevel=user_stacklevel())
 
 
 # ---------------------------------------------------------------- report

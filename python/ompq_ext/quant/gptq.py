@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import OmpqValueError
+from ..errors import OmpqValueError, user_stacklevel
 from ..inputs import StopForward, call_order, sample_count, select_samples
 from ..progress import progress_bar
 from .modules import features_last, quant_layers
@@ -190,7 +190,7 @@ def gptq(qmodel: nn.Module, inputs: tuple[tuple, dict], *, damp: float = 0.01, b
     if skipped:
         warnings.warn(f"gptq: {len(skipped)} layer(s) stay at round to nearest (not run exactly once per forward, "
                       f"sharing a weight, or not a Linear/Conv1d/Conv2d with groups=1): "
-                      f"{', '.join(skipped[:8])}{', ...' if len(skipped) > 8 else ''}", stacklevel=3)
+                      f"{', '.join(skipped[:8])}{', ...' if len(skipped) > 8 else ''}", stacklevel=user_stacklevel())
     todo = [name for name in order if name not in skipped]
     with progress_bar(len(todo), "ompq: gptq", "layer", progress, leave=True) as bar:
         for name in todo:

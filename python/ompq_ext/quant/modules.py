@@ -87,17 +87,26 @@ class ActQuantizer(nn.Module):
     def reset(self) -> None:
         """Forget the statistics observed so far (the current scale stays until finalize)."""
         self._min, self._max, self._samples, self._seen = math.inf, -math.inf, [], 0
+        self.nonfinite = 0  # NaN and infinite inputs seen (left out of the range)
+        self._calls = 0
 
     @property
     def has_data(self) -> bool:
-        """Whether observe() has seen anything since the last reset or finalize."""
-        return bool(self._samples)
+        """Whether observe() has seen any input since the last reset or finalize."""
+        return self._calls > 0
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
         x = valid_rows(x.detach()).float().reshape(-1)
         if x.numel() == 0:
             return
+        self._calls += 1
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            self.nonfinite += int(x.numel() - finite.sum())
+            x = x[finite]
+            if x.numel() == 0:
+                return
         self._min = min(self._min, x.min().item())
         self._max = max(self._max, x.max().item())
         self._seen += x.numel()
@@ -108,6 +117,10 @@ class ActQuantizer(nn.Module):
     @torch.no_grad()
     def finalize(self) -> None:
         if not self._samples:
+            if self.nonfinite:
+                raise OmpqValueError(f"its input was NaN or infinite in every calibration value ({self.nonfinite:,} "
+                                     f"of them), so its range cannot be calibrated; check the calib data and the "
+                                     f"layers before it")
             raise OmpqValueError("an activation quantizer saw no data during calibration; give calib data "
                                  "that reaches every planned layer")
         scale, self.signed = activation_scale(torch.cat(self._samples), self.bits, self.method, self._min, self._max)

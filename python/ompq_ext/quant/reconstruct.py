@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import OmpqTypeError, OmpqValueError
+from ..errors import OmpqTypeError, OmpqValueError, user_stacklevel
 from ..inputs import StopForward, call_order, join_samples, map_tensors, select_samples, tensors
 from ..progress import progress_bar
 from .modules import QuantLayer, WeightQuantizer, channel_shape, quant_layers
@@ -362,15 +362,15 @@ def reconstruct(
         for u in units:
             if counts[u] == 0:
                 warnings.warn(f"reconstruct: {u!r} does not run in the forward pass; left at round-to-nearest",
-                              stacklevel=2)
+                              stacklevel=user_stacklevel())
             elif counts[u] > 1:
                 warnings.warn(f"reconstruct: {u!r} runs {counts[u]} times per forward (shared weights); left at "
-                              f"round-to-nearest", stacklevel=2)
+                              f"round-to-nearest", stacklevel=user_stacklevel())
         order = [u for u in order if counts[u] == 1]
         tied = _tied_layers(qmodel)
         if tied:
             warnings.warn(f"reconstruct: {', '.join(sorted(tied))} share weights or weight quantizers with other "
-                          f"layers; left at round-to-nearest", stacklevel=2)
+                          f"layers; left at round-to-nearest", stacklevel=user_stacklevel())
         with progress_bar(len(order) * iters, f"ompq: {method}", "step", progress, leave=True) as bar:
             for u in order:
                 rec = _reconstruct_unit(qmodel, fp_model, u, args, kwargs, n, iters=iters, reg_weight=reg_weight,
