@@ -28,7 +28,20 @@ WORKER = textwrap.dedent("""
     torch.set_num_threads(1)
     model, calib, _, _ = load_demo()
     part = calib[rank * 40: rank * 40 + 40 - 8 * rank]  # 40 and 32 samples: uneven parts
-    plan = ompq_ext.plan(model, [part], "3bits", method=method, num_samples=40, progress=False)
+    if method == "few":  # rank 1 has too few samples: both ranks must raise, naming rank 1
+        try:
+            ompq_ext.plan(model, [part[:2] if rank else part], "3bits", method="ompq", progress=False,
+                          process_group=dist.group.WORLD)
+            result = {"error": None}
+        except ompq_ext.OmpqError as e:
+            result = {"error": str(e)}
+        alone = ompq_ext.plan(model, [part], "3bits", method="ompq", num_samples=40, progress=False)  # no group
+        result["alone"] = alone.settings.num_samples
+        json.dump(result, open(f"{out}.{rank}.json", "w"))
+        dist.destroy_process_group()
+        sys.exit(0)
+    plan = ompq_ext.plan(model, [part], "3bits", method=method, num_samples=40, progress=False,
+                         process_group=dist.group.WORLD)
     json.dump({"bits": plan.bits, "objective": plan.solver.objective, "samples": plan.settings.num_samples,
                "orm": None if plan.orm is None else plan.orm.tolist()}, open(f"{out}.{rank}.json", "w"))
     dist.destroy_process_group()
@@ -61,3 +74,18 @@ def test_two_gloo_ranks_get_the_single_process_plan(tmp_path, method):
         # The forward on 40 and on 32 samples rounds its float32 convolutions differently from one on 72
         # (measured: 1.3e-8 at most); the Gram arithmetic itself is float64.
         np.testing.assert_allclose(np.array(ranks[0]["orm"]), alone.orm, rtol=0, atol=1e-6)
+
+
+def test_a_failing_rank_makes_every_rank_raise_and_no_group_plans_alone(tmp_path):
+    ranks = _run(tmp_path, "few")
+    assert "plan() failed on rank 1" in ranks[0]["error"] and "only 2 samples" in ranks[0]["error"]
+    assert "only 2 samples" in ranks[1]["error"]  # the failing rank raises its own error
+    assert [r["alone"] for r in ranks] == [40, 32]  # without process_group each rank plans on its own part
+
+
+def test_batch_statistics_are_refused_with_a_group_and_a_group_needs_torch_distributed():
+    model, calib, _, _ = load_demo()
+    with pytest.raises(ompq_ext.OmpqValueError, match="bn_mode='batch' with a process_group"):
+        ompq_ext.plan(model, [calib], "3bits", method="ompq", bn_mode="batch", process_group=object())
+    with pytest.raises(ompq_ext.OmpqValueError, match="torch.distributed is not initialised"):
+        ompq_ext.plan(model, [calib], "3bits", method="ompq", process_group=object())

@@ -3,6 +3,7 @@ HAWQ-V3's bit configuration and the plain dict; the ``export`` command; bad inpu
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -300,3 +301,50 @@ def test_export_command(tmp_path, monkeypatch, capsys):
 
 def test_errors_are_ompq_errors():
     assert issubclass(PlanFileError, OmpqError)
+
+
+class _TiedLM(nn.Module):
+    """An embedding tied to its output layer; only the output layer is planned (the embedding reads float)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.mix = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.mix(self.embed(ids).mean(1))))
+
+
+def test_packed_keeps_a_tied_weight_that_another_module_reads_in_float(tmp_path):
+    torch.manual_seed(0)
+    model, ids = _TiedLM().eval(), torch.randint(0, 50, (32, 6))
+    plan = ompq_ext.plan(model, [ids], "4bits", method="ompq", progress=False)
+    assert "head" in plan.bits and "embed" not in plan.bits
+    qmodel = ompq_ext.quantize(model, plan, calib=[ids], progress=False)
+    loaded = load_packed(_TiedLM().eval(), save_packed(qmodel, tmp_path / "t.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), qmodel(ids))
+
+
+def test_exports_refuse_a_parametrized_weight_by_name(tmp_path):
+    model, calib, x = _demo()
+    plan = ompq_ext.plan(model, [calib], "4bits", method="ompq", progress=False)
+    normed = copy.deepcopy(model)
+    torch.nn.utils.parametrizations.weight_norm(normed.fc)
+    qmodel = ompq_ext.quantize(normed, plan, calib=[calib], progress=False)
+    before = {k: v.clone() for k, v in qmodel.state_dict().items()}
+    with pytest.raises(OmpqValueError, match="'fc' computes its weight through a parametrization"):
+        to_onnx(qmodel, x, tmp_path / "m.onnx")
+    with pytest.raises(OmpqValueError, match="'fc' computes its weight through a parametrization"):
+        save_packed(qmodel, tmp_path / "m.safetensors")
+    assert all(torch.equal(v, before[k]) for k, v in qmodel.state_dict().items())
+
+
+def test_onnx_restores_each_modules_train_flag(tmp_path):
+    _, _, qmodel, x = _quantized("demo")
+    qmodel.train()
+    qmodel.layers.eval()  # a part in eval inside a model in training
+    to_onnx(qmodel, x, tmp_path / "m.onnx")
+    assert qmodel.training and not qmodel.layers.training and qmodel.stem.training

@@ -46,6 +46,11 @@ def test_2_fake_quantize_names_a_bad_axis(axis):
         fake_quantize(torch.randn(4, 3), torch.ones(4), axis=axis)
 
 
+def test_2_an_integer_scalar_axis_still_works():
+    x = torch.randn(4, 3)
+    assert torch.equal(fake_quantize(x, torch.ones(4), axis=np.int64(0)), fake_quantize(x, torch.ones(4), axis=0))
+
+
 FACTORY = """
 def boom():
     raise RuntimeError("no weights here")
@@ -64,9 +69,14 @@ def test_3_a_raising_factory_is_one_line_and_exit_2(tmp_path, monkeypatch, capsy
     assert err.strip() == "ompq-ext: error: the model factory 'hardening_fac:boom' raised RuntimeError: no weights here"
     assert cli.main(["plan", "hardening_fac:boom", "--data", "hardening_fac:data_boom", "--budget", "4bits"]) == 2
     assert "raised" in capsys.readouterr().err
-    with pytest.raises(OmpqValueError) as raised:  # --traceback: the whole story
-        cli.main(["--traceback", "plan", "hardening_fac:boom", "--data", str(tmp_path / "x.pt"), "--budget", "4bits"])
-    assert isinstance(raised.value.__cause__, RuntimeError)
+    for where in (0, -1):  # --traceback before or after the command: the whole story
+        args = ["plan", "hardening_fac:boom", "--data", str(tmp_path / "x.pt"), "--budget", "4bits"]
+        args.insert(where if where == 0 else len(args), "--traceback")
+        with pytest.raises(OmpqValueError) as raised:
+            cli.main(args)
+        assert isinstance(raised.value.__cause__, RuntimeError)
+    monkeypatch.setenv("OMPQ_TRACEBACK", "0")  # 0 means off
+    assert cli.main(["plan", "hardening_fac:boom", "--data", str(tmp_path / "x.pt"), "--budget", "4bits"]) == 2
 
 
 def test_4_a_model_or_samples_on_the_meta_device_are_named():

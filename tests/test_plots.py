@@ -52,13 +52,25 @@ def test_pareto_of_a_sweep(tmp_path, demo_plans):
     assert pixels.shape[1] > 2 * pixels.shape[0]  # two panels side by side: objective and metric
 
 
+def test_plots_leave_pyplot_alone(tmp_path, demo_plans):
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    before = len(__import__("matplotlib.pyplot").pyplot.get_fignums())
+    for _ in range(25):
+        plots.bits_per_layer(demo_plans[2], tmp_path / "bits.png")
+    assert matplotlib.get_backend() == backend
+    assert len(__import__("matplotlib.pyplot").pyplot.get_fignums()) == before
+
+
 def test_a_missing_folder_is_named(tmp_path, demo_plans):
     with pytest.raises(OmpqValueError, match="folder does not exist"):
         plots.bits_per_layer(demo_plans[2], tmp_path / "nowhere" / "bits.png")
 
 
 def test_without_matplotlib_the_message_says_how_to_install(tmp_path, demo_plans, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing them raises ImportError
     with pytest.raises(OmpqError, match=r"pip install 'ompq_ext\[plot\]'"):
         plots.bits_per_layer(demo_plans[2], tmp_path / "bits.png")
 

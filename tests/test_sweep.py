@@ -113,7 +113,7 @@ def test_front_keeps_only_points_nothing_smaller_beats():
     assert s.front() == [a, c, d]  # b: larger than a and worse; c and d tie
     s.maximize = False  # a loss: smaller is better
     assert s.front() == [a, b]
-    assert SweepPoint  # noqa: the public names exist
+    assert SweepPoint.__name__ == "SweepPoint"  # the public names exist
 
 
 def test_the_default_method_is_not_comparable_across_budgets_and_says_so(demo):
@@ -163,3 +163,10 @@ def test_sweep_command(tmp_path, demo, capsys, monkeypatch):
     assert [p["label"] for p in data["points"]] == ["2.5bits", "4bits"]
     assert all(p["metric"] is not None for p in data["points"] + data["references"])
     assert "sweep" in cli._parser().format_help()
+
+
+def test_with_activation_bit_choices_objectives_do_not_compare(demo):
+    model, calib, _, _ = demo
+    result = sweep(model, [calib], ["3bits", "4bits"], method="ompq", act_bits=(4, 8), num_samples=32,
+                   progress=False)
+    assert not result.comparable and all(r.objective is None for r in result.references)

@@ -644,6 +644,7 @@ KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, 
     // Items with costs reduced by their group's cheapest; the reduced capacities.
     std::vector<std::vector<Item>> items(num_groups);
     i64 cheapest_total = 0, cheapest2_total = 0, value_total = 0, tiebreak_total = 0, cost_total = 0, cost2_total = 0;
+    i64 range_total = 0;
     for (std::size_t g = 0; g < num_groups; ++g) {
         const i64 begin = offsets[g], end = offsets[g + 1];
         if (end <= begin) throw std::invalid_argument("group " + std::to_string(g) + " has no choices");
@@ -651,6 +652,7 @@ KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, 
             throw std::invalid_argument("group " + std::to_string(g) + " has too many choices");
         i64 cheapest = std::numeric_limits<i64>::max(), cheapest2 = cheapest, top_value = 0, top_tiebreak = 0,
             top_cost = 0, top_cost2 = 0;
+        i64 low = std::numeric_limits<i64>::max(), high = std::numeric_limits<i64>::min();
         for (i64 i = begin; i < end; ++i) {
             const i64 c2 = two ? costs2[i] : 0;
             if (costs[i] < 0 || c2 < 0 || tiebreaks[i] < 0)
@@ -660,11 +662,19 @@ KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, 
             cheapest = std::min(cheapest, costs[i]);
             cheapest2 = std::min(cheapest2, c2);
             top_value = std::max(top_value, values[i] < 0 ? -values[i] : values[i]);
+            low = std::min(low, values[i]);
+            high = std::max(high, values[i]);
             top_tiebreak = std::max(top_tiebreak, tiebreaks[i]);
             top_cost = std::max(top_cost, costs[i]);
             top_cost2 = std::max(top_cost2, c2);
         }
         check_sum(value_total, top_value, "absolute value");
+        // Differences of values (hull edges) must stay in int64: the group's range, taken in unsigned arithmetic.
+        const std::uint64_t range = static_cast<std::uint64_t>(high) - static_cast<std::uint64_t>(low);
+        if (range > static_cast<std::uint64_t>(kSumLimit - range_total))
+            throw std::invalid_argument("the sum over the groups of their value ranges (largest minus smallest) "
+                                        "exceeds 2^62; express the values in coarser units");
+        range_total += static_cast<i64>(range);
         check_sum(tiebreak_total, top_tiebreak, "tiebreak");
         check_sum(cost_total, top_cost, "cost");
         check_sum(cost2_total, top_cost2, "second cost");

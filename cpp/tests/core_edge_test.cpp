@@ -287,6 +287,16 @@ void knapsack_tests() {
             check(v == best && c <= capacity && (!two || c2 <= capacity2), "knapsack value and capacity");
         }
     }
+    {  // values at the documented limit: one group of -2^61 and 2^61 (a range of 2^62) is accepted and solved
+        const std::int64_t big = std::int64_t{1} << 61;
+        std::vector<std::int64_t> v{-big, big, 0}, c{0, 1, 0}, t{0, 0, 0}, o{0, 2, 3};
+        std::vector<std::int32_t> picks(2, -1);
+        const ompq::KnapsackResult r = ompq::solve_knapsack(v.data(), c.data(), t.data(), o.data(), 2, 1, 1000, 0, picks.data());
+        check(r.status == ompq::KnapsackStatus::optimal && picks[0] == 1, "knapsack at the value limit");
+        std::vector<std::int64_t> w{-(std::int64_t{1} << 62), std::int64_t{1} << 62}, c2{0, 1}, t2{0, 0}, o2{0, 2};
+        expect_throw([&] { ompq::solve_knapsack(w.data(), c2.data(), t2.data(), o2.data(), 1, 1, 1000, 0, picks.data()); },
+                     "knapsack value range over 2^62");
+    }
     std::vector<std::int64_t> offsets{0, 0}, none;
     std::vector<std::int32_t> choices(1);
     expect_throw([&] { ompq::solve_knapsack(none.data(), none.data(), none.data(), offsets.data(), 1, 5, 100, 0, choices.data()); },

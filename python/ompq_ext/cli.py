@@ -15,6 +15,7 @@ tensors: one batch), an ``.npz`` file (its first array, or --data-key), or
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import json
@@ -50,6 +51,8 @@ def _import_object(spec: str, what: str):
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise OmpqValueError(f"cannot import module {module_name!r} for {what}: {e}") from None
+    except Exception as e:  # the user's module itself raised while it was imported
+        raise OmpqValueError(f"importing module {module_name!r} for {what} raised {type(e).__name__}: {e}") from e
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -207,10 +210,13 @@ def _budgets_arg(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ompq-ext", description="OMPQ mixed-precision planning for PyTorch models")
-    parser.add_argument("--traceback", action="store_true",
+    common = argparse.ArgumentParser(add_help=False)  # options every command takes, before or after its name
+    common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                         help="on an error, print the full Python traceback (also with OMPQ_TRACEBACK=1)")
+    parser = argparse.ArgumentParser(prog="ompq-ext", description="OMPQ mixed-precision planning for PyTorch models",
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])
 
     p = sub.add_parser("plan", help="plan weight bits for a model from one batch")
     _model_args(p)
@@ -373,8 +379,8 @@ def main(argv=None) -> int:
             if getattr(args, "quiet", False):  # quiet means quiet: no bars, no summary, no warnings
                 warnings.simplefilter("ignore")
             return commands[args.command](args)
-    except OmpqError as e:
-        if args.traceback or os.environ.get("OMPQ_TRACEBACK"):
+    except (OmpqError, OSError) as e:  # OSError: an output file that cannot be written
+        if getattr(args, "traceback", False) or os.environ.get("OMPQ_TRACEBACK", "0") not in ("", "0"):
             raise
         print(f"ompq-ext: error: {e}", file=sys.stderr)
         return 2

@@ -60,6 +60,7 @@ def plan(
     time_limit_s: float = 30.0,
     num_threads: int = 0,
     progress: bool | None = None,
+    process_group=None,
 ) -> Plan:
     """Plan weight bits for every quantizable layer of ``model`` from one batch.
 
@@ -110,9 +111,11 @@ def plan(
         reference code); the model's state is restored either way.
     latency_table: {layer name: {bits: cost}} with latency_budget.
 
-    Under an initialised ``torch.distributed`` with several ranks, each rank passes its own part of the batch
-    (``num_samples`` per rank) and every rank gets the plan one process gets on all the parts joined in rank
-    order (``distributed.py``: OMPQ splits the pass and sums the Grams; other methods gather the samples).
+    process_group: a ``torch.distributed`` process group (``torch.distributed.group.WORLD`` for all ranks) to
+        plan together: every rank of it calls plan() with its own part of the batch (``num_samples`` per
+        rank) and gets the plan one process gets on all the parts joined in rank order (``distributed.py``:
+        OMPQ splits the pass and sums the Grams; other methods gather the samples). None (the default):
+        this process alone, whether or not torch.distributed is initialised.
 
     The model is left exactly as it was: parameters, buffers, train/eval flags, hooks.
     """
@@ -121,14 +124,16 @@ def plan(
                    include_embeddings=include_embeddings, ties=ties, num_samples=num_samples, input_fn=input_fn,
                    beta=beta, objective=objective, feature_point=feature_point, estimator=estimator,
                    bn_mode=bn_mode, latency_table=latency_table, latency_budget=latency_budget,
-                   time_limit_s=time_limit_s, num_threads=num_threads, progress=progress)
+                   time_limit_s=time_limit_s, num_threads=num_threads, progress=progress,
+                   process_group=process_group)
     return next(_plans(model, loader, [budget], **options)).plan
 
 
 def _plans(model: nn.Module, loader, budgets, *, method=None, bits=None, act_bits=8, group_size=None, scale_bits=16,
           fixed_bits=None, include=None, exclude=None, layer_types=(), include_embeddings=False, ties=(),
           num_samples=None, input_fn=None, beta=None, objective=None, feature_point=None, estimator=None,
-          bn_mode="eval", latency_table=None, latency_budget=None, time_limit_s=30.0, num_threads=0, progress=None):
+          bn_mode="eval", latency_table=None, latency_budget=None, time_limit_s=30.0, num_threads=0, progress=None,
+          process_group=None):
     """plan() for each of ``budgets`` in turn from one feature pass (a generator of ``_Planned``): every budget
     is checked first, then the samples are drawn and the pass runs once; each plan is what plan() gives for
     its budget with the same settings (``sweep`` is built on it). Its timing holds the shared stages in full."""
@@ -152,13 +157,16 @@ def _plans(model: nn.Module, loader, budgets, *, method=None, bits=None, act_bit
         raise OmpqValueError(f"act_bits={act_bits!r} makes the activation bits a decision, but the {allocator.name!r} "
                              f"method does not score them; use method='verified', 'output_error' or 'ompq', or one "
                              f"activation bit-width")
-    with _stage(timing, "data"):
+    if process_group is not None and bn_mode == "batch":
+        raise OmpqValueError("bn_mode='batch' with a process_group: each rank would normalise with its own part's "
+                             "statistics, unlike one process on all the samples; use bn_mode='eval'")
+    with _stage(timing, "data"), distributed.agreeing(process_group) as agree:
         samples = gather_samples(loader, num_samples, input_fn, min_samples=allocator.min_samples, warn=asked)
         num_samples = sample_count(samples)  # fewer than asked where the loader ran out (with a warning)
         if any(t.is_meta for t in tensors(samples)):
             raise OmpqValueError("the loader's samples are on the meta device (shapes without data); give real "
                                  "inputs")
-        shard = distributed.shard_of(samples) if distributed.active() else None
+        shard = agree(samples)  # None without a process group
         if shard is not None and not isinstance(allocator, OMPQ):
             samples, shard = distributed.all_samples(samples, shard), None  # every rank plans on all of them
             num_samples = sample_count(samples)

@@ -10,16 +10,18 @@ from .errors import OmpqError, OmpqValueError
 from .record import Plan
 
 
-def _pyplot():
+def _figure(**options):
+    """A matplotlib Figure drawn on its own Agg canvas: no pyplot, so the user's backend and pyplot's list of
+    open figures are left alone."""
     try:
-        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise OmpqError("plotting needs matplotlib, which is not installed: pip install 'ompq_ext[plot]' "
                         "(or pip install matplotlib)") from None
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**options)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save(fig, path) -> Path:
@@ -28,17 +30,15 @@ def _save(fig, path) -> Path:
         raise OmpqValueError(f"cannot write the plot {str(path)!r}: its folder does not exist")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    fig.clf()
     return path
 
 
 def bits_per_layer(plan: Plan, path) -> Path:
     """Bars of each planned layer's bits, in execution order, over its parameter count (log scale)."""
-    plt = _pyplot()
     layers = plan.layers
     n = len(layers)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.28 * n + 2), 5.2), sharex=True,
-                                      gridspec_kw={"height_ratios": [2, 1]})
+    fig = _figure(figsize=(max(6.0, 0.28 * n + 2), 5.2))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     colors = ["tab:gray" if x.fixed else "tab:blue" for x in layers]
     top.bar(range(n), [x.bits for x in layers], color=colors)
     top.set_ylabel("weight bits")
@@ -58,11 +58,11 @@ def orm_heatmap(plan: Plan, path) -> Path:
     if plan.orm is None:
         raise OmpqValueError(f"this plan has no ORM matrix: only method='ompq' records one (this one was "
                              f"made by {plan.settings.method!r})")
-    plt = _pyplot()
     names = plan.layer_names
     n = len(names)
     side = max(4.5, 0.22 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
+    fig = _figure(figsize=(side + 1, side))
+    ax = fig.subplots()
     image = ax.imshow(plan.orm, cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="ORM (1: same features)")
     ticks = range(n) if n <= 60 else range(0, n, max(1, n // 30))
@@ -75,11 +75,11 @@ def orm_heatmap(plan: Plan, path) -> Path:
 def pareto(sweep, path) -> Path:
     """A sweep's plans against uniform precision: size against objective (where the plans' objectives compare)
     and against the measured metric (where one was measured)."""
-    plt = _pyplot()
     panels = [("objective", lambda p: p.objective)] if sweep.comparable or sweep.metric_name is None else []
     if sweep.metric_name is not None:
         panels.append((sweep.metric_name, lambda p: p.metric))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), squeeze=False)
+    fig = _figure(figsize=(6.0 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, value) in zip(axes[0], panels):
         for group, style, label in ((sweep.points, dict(color="tab:blue", marker="o", ls="-"),
                                      sweep.plans[0].settings.method),

@@ -545,7 +545,8 @@ class _Knapsack:
 
         self.np, self.allowed = np, allowed
         sizes = [{b: g.params * b for b in bits} for g, bits in zip(groups, allowed)]
-        self.fits = all(self._fits(table) for table in (rows, sizes))
+        self.fits = all(self._fits(table) for table in (rows, sizes)) and \
+            sum(max(row.values()) - min(row.values()) for row in rows) <= 2**62  # the core's limits
         self.values, self.tiebreaks = self._flat(rows), self._flat(sizes)
         self.offsets = np.cumsum([0] + [len(bits) for bits in allowed], dtype=np.int64)
         self._costs = {}  # id of a _Costs -> its flat integer table, or None where the knapsack cannot take it

@@ -9,6 +9,7 @@ at theirs), at each bit-width any of the plans could choose.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -163,7 +164,9 @@ def sweep(model: nn.Module, loader, budgets, *, evaluate=None, recipe: str = "rt
     planned = list(_plans(model, loader, list(budgets), progress=progress, **plan_options))
     points = [SweepPoint(_label(b), p.plan) for b, p in zip(budgets, planned)]
     first = planned[0]
-    comparable = all(_same_scores(first.scores, p.scores) for p in planned[1:])
+    # Objectives compare where every plan was scored alike and the inputs' bits are not decided too (the
+    # references keep every input at the largest choice, whose score the plans' objectives do not share).
+    comparable = all(_same_scores(first.scores, p.scores) for p in planned[1:]) and not first.problem.specs[0].act_choices
     references = []
     if uniform:
         fixed = set(first.plan.settings.fixed_bits)
@@ -172,7 +175,7 @@ def sweep(model: nn.Module, loader, budgets, *, evaluate=None, recipe: str = "rt
             allocation = allocation_at(first.problem, first.scores, bits)
             if not comparable:
                 allocation.objective = allocation.bound = math.nan
-            reference = first.record(allocation)
+            reference = first.record(allocation, settings=dataclasses.replace(first.plan.settings, bits=[b]))
             reference.budgets = []
             references.append(SweepPoint(f"uniform {b} bits", reference, uniform=True))
     result = Sweep(points, references, metric_name if evaluate is not None else None, maximize, comparable)

@@ -40,7 +40,8 @@ struct KnapsackResult {
 
 // Preconditions (std::invalid_argument otherwise): num_groups >= 1; offsets[0] == 0 and every group has at
 // least one choice; costs and tiebreaks >= 0; capacity >= 0; for each of values (absolute), costs and
-// tiebreaks, the sum over the groups of the group's largest entry is at most 2^62.
+// tiebreaks, the sum over the groups of the group's largest entry is at most 2^62, and so is the sum over the
+// groups of (largest value - smallest value).
 // choices: num_groups entries, each the chosen index within its group (0-based); written when optimal.
 // time_limit_s <= 0: no time limit.
 KnapsackResult solve_knapsack(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* tiebreaks,

@@ -15,12 +15,14 @@ are refused with a clear error.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..errors import OmpqError, OmpqValueError
 from ..quant.modules import ActQuantizer, FunctionalWeightQuantizer, QuantLayer, WeightQuantizer, quantized_weights
@@ -29,6 +31,8 @@ from ..quant.ops import quant_range
 from .packed import integers, recipe_of
 
 DEFAULT_OPSET = 17
+# torch >= 2.5 exports through dynamo by default; the TorchScript exporter is what the symbolic functions use.
+_TORCHSCRIPT = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 class _DequantizeWeight(torch.autograd.Function):
@@ -117,7 +121,7 @@ def _layer_forward(ql: QuantLayer):
         try:
             return layer(x, *args, **kwargs)
         finally:
-            del layer.__dict__["weight"]
+            layer.__dict__.pop("weight", None)
     return forward
 
 
@@ -125,6 +129,11 @@ def _layer_forward(ql: QuantLayer):
 def _export_form(qmodel: nn.Module):
     """Every quantizer of ``qmodel`` in its export form for the duration (instance ``forward`` attributes)."""
     forms = {}  # id -> (module, its export forward): all built before any is set (building may raise)
+    for m in qmodel.modules():
+        if isinstance(m, QuantLayer) and parametrize.is_parametrized(m.layer, "weight"):
+            raise OmpqValueError(f"ONNX export: layer {m.name!r} computes its weight through a parametrization "
+                                 f"(weight_norm, ...); remove it first (torch.nn.utils.parametrize.remove_"
+                                 f"parametrizations(layer, 'weight')) and quantize again")
     for w in quantized_weights(qmodel):
         forms.setdefault(id(w.weight_quantizer), (w.weight_quantizer, _weight_forward(w.weight_quantizer, w.weight)))
     for m in qmodel.modules():
@@ -162,13 +171,13 @@ def onnx(qmodel: nn.Module, example_inputs, path, *, opset: int = DEFAULT_OPSET,
     path = Path(path)
     if not path.parent.exists():
         raise OmpqValueError(f"cannot write {str(path)!r}: its folder does not exist")
-    was_training = qmodel.training
+    flags = [(m, m.training) for m in qmodel.modules()]
     qmodel.eval()
     try:
         with _export_form(qmodel), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the constants are meant to be constants
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's own notice
-            torch.onnx.export(qmodel, args, str(path), dynamo=False, opset_version=opset,
+            torch.onnx.export(qmodel, args, str(path), **_TORCHSCRIPT, opset_version=opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
                               do_constant_folding=True)
     except OmpqError:
@@ -176,5 +185,6 @@ def onnx(qmodel: nn.Module, example_inputs, path, *, opset: int = DEFAULT_OPSET,
     except Exception as e:
         raise OmpqError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     finally:
-        qmodel.train(was_training)
+        for m, training in flags:
+            m.training = training
     return path

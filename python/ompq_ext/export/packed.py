@@ -93,13 +93,24 @@ def save_packed(qmodel: nn.Module, path) -> Path:
             key_of[id(t)] = k
     tensors, weights = {}, {}
     skip = set()
+    tied = set(aliases.values())
     for w in quantized_weights(qmodel):
+        if id(w.weight) not in key_of:
+            raise OmpqValueError(f"save_packed: layer {w.name!r} computes its weight through a parametrization "
+                                 f"(weight_norm, ...); remove it first (torch.nn.utils.parametrize."
+                                 f"remove_parametrizations) and quantize again")
         q, scales = integers(w.weight, w.weight_quantizer)
         lo = quant_range(w.bits, True)[0]
         key = key_of[id(w.weight)]
-        tensors[f"{key}.packed"] = torch.from_numpy(pack((q.cpu().numpy().astype(np.int32) - lo), w.bits))
+        # A weight tied to another module (an embedding and an output layer) may be read in float there: kept
+        # in float, so that every reader gets what it read before.
+        packed = key not in tied
+        if packed:
+            tensors[f"{key}.packed"] = torch.from_numpy(pack((q.cpu().numpy().astype(np.int32) - lo), w.bits))
+        else:
+            tensors[key] = w.weight.detach().cpu().contiguous()
         tensors[f"{key}.scales"] = scales.cpu().float().contiguous()
-        weights[key] = {"name": w.name, "bits": w.bits, "shape": list(w.weight.shape),
+        weights[key] = {"name": w.name, "bits": w.bits, "shape": list(w.weight.shape), "packed": packed,
                         "dtype": str(w.weight.dtype).removeprefix("torch."), "scale_key": key_of[id(w.weight_quantizer.scale)]}
         skip |= {id(w.weight), id(w.weight_quantizer.scale)}
     for key, t in state.items():
@@ -140,8 +151,14 @@ def load_packed(model: nn.Module, path) -> nn.Module:
     if meta.get("version") != str(VERSION):
         raise PlanFileError(f"{str(path)!r} has packed format version {meta.get('version')!r}; this ompq_ext "
                             f"reads version {VERSION}")
-    plan = Plan.from_json(json.loads(meta["plan"]))
-    recipe = json.loads(meta["recipe"])
+    try:
+        plan = Plan.from_json(json.loads(meta["plan"]))
+        recipe = json.loads(meta["recipe"])
+        weights, acts = json.loads(meta["weights"]), json.loads(meta["acts"])
+        aliases = json.loads(meta.get("aliases", "{}"))
+        recipe = {k: recipe[k] for k in ("act_bits", "act_calib", "group_size")}
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanFileError(f"{str(path)!r} has damaged ompq_ext metadata ({type(e).__name__}: {e})") from None
     plan.check_model(model)  # PlanFileError: another model
     config = make_config("rtn", weight_scale="minmax", act_calib=recipe["act_calib"],
                          **({"act_bits": recipe["act_bits"]} if recipe["act_bits"] is not None else {}))
@@ -149,25 +166,27 @@ def load_packed(model: nn.Module, path) -> nn.Module:
     _wrap(qmodel, plan, config, _layer_act_bits(config.act_bits, plan), recipe["group_size"])
     qmodel.eval()
     state = qmodel.state_dict(keep_vars=True)
-    weights = json.loads(meta["weights"])
+    quantizers = {id(w.weight): w.weight_quantizer for w in quantized_weights(qmodel)}
     with torch.no_grad():
         for key, info in weights.items():
-            if key not in state or info["scale_key"] not in state:
+            if key not in state or info["scale_key"] not in state or id(state[key]) not in quantizers:
                 raise PlanFileError(f"{str(path)!r} holds weight {key!r}, which the rebuilt model lacks; was it "
                                     f"saved for another model?")
+            scale = tensors.pop(f"{key}.scales")
+            state[info["scale_key"]].copy_(scale.reshape(state[info["scale_key"]].shape))
+            if not info.get("packed", True):  # a tied weight, kept in float
+                state[key].copy_(tensors.pop(key))
+                continue
             lo = quant_range(info["bits"], True)[0]
             count = int(np.prod(info["shape"]))
             q = unpack(tensors.pop(f"{key}.packed").numpy(), info["bits"], count).astype(np.int32) + lo
-            scale = tensors.pop(f"{key}.scales")
-            state[info["scale_key"]].copy_(scale.reshape(state[info["scale_key"]].shape))
-            quantizer = next(w.weight_quantizer for w in quantized_weights(qmodel) if w.weight is state[key])
+            quantizer = quantizers[id(state[key])]
             q = torch.from_numpy(q.astype(np.float32)).reshape(info["shape"])
             channels = q.shape[quantizer.axis]
             moved = q.movedim(quantizer.axis, 0).reshape(channels, -1)
             value = (moved * quantizer.column_scales(channels, moved.shape[1]).float()).reshape(
                 q.movedim(quantizer.axis, 0).shape).movedim(0, quantizer.axis)
             state[key].copy_(value.to(state[key].dtype))
-    aliases = json.loads(meta.get("aliases", "{}"))
     rest = {k for k in state if k not in weights and k not in aliases
             and k not in {i["scale_key"] for i in weights.values()}}
     if rest != set(tensors):
@@ -183,7 +202,7 @@ def load_packed(model: nn.Module, path) -> nn.Module:
                                     f"{tuple(state[key].shape)}")
             state[key].copy_(value)
     modules = dict(qmodel.named_modules())
-    for name, a in json.loads(meta["acts"]).items():
+    for name, a in acts.items():
         m = modules.get(name)
         if not isinstance(m, ActQuantizer):
             raise PlanFileError(f"{str(path)!r} holds activation quantizer {name!r}, which the rebuilt model lacks")

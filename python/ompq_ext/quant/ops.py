@@ -12,6 +12,7 @@ of the scale and zero point when those require grad.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import Tensor
@@ -190,9 +191,14 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | None = None, *,
                         "(no CUDA toolkit at build time); reinstall with nvcc on PATH, or move the tensors to the CPU")
     if x.device.type not in ("cpu", "cuda"):
         raise OmpqError(f"fake_quantize: tensors on {x.device} are not supported; use the CPU or a CUDA device")
-    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
-        raise OmpqTypeError(f"fake_quantize: axis must be an integer (the channel axis) or None (per tensor), "
-                            f"got {axis!r} ({type(axis).__name__})")
+    if axis is not None:
+        try:
+            if isinstance(axis, bool):
+                raise TypeError
+            axis = operator.index(axis)  # an int, or an integer scalar such as numpy's int64
+        except TypeError:
+            raise OmpqTypeError(f"fake_quantize: axis must be an integer (the channel axis) or None (per tensor), "
+                                f"got {axis!r} ({type(axis).__name__})") from None
     if check_group_size(group_size) is not None:
         if axis is None:
             raise OmpqValueError("group_size needs axis=: the axis of the output channels whose values are grouped")
