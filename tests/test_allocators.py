@@ -243,3 +243,25 @@ def test_options_are_checked_before_the_loader_is_drawn(small):
         with pytest.raises(OmpqValueError):
             ompq_ext.plan(model, loader(), budget, progress=False, **kwargs)
     assert drawn == []
+
+
+@pytest.mark.parametrize("kind", ["kl", "cosine", "mse"])
+def test_divergence_in_chunks_equals_the_whole_computation(kind, monkeypatch):
+    """The divergence is summed over chunks of rows (a language model's logits would not fit in float64 at
+    once); with chunks of a few rows it equals the formula over the whole tensor in float64."""
+    import torch.nn.functional as F
+
+    from ompq_ext.allocators import divergence
+
+    torch.manual_seed(0)
+    out, ref = torch.randn(7, 5, 11), torch.randn(7, 5, 11)
+    o, r = out.reshape(-1, 11).double(), ref.reshape(-1, 11).double()
+    if kind == "kl":
+        want = float(F.kl_div(F.log_softmax(o, -1), F.log_softmax(r, -1), log_target=True, reduction="batchmean"))
+    elif kind == "cosine":
+        want = float(1 - F.cosine_similarity(o, r, dim=-1).mean())
+    else:
+        want = float((o - r).square().mean() / r.square().mean())
+    for chunk in (11, 33, 64, 1 << 22):  # one row per chunk, three rows, a ragged last chunk, one chunk
+        monkeypatch.setattr(divergence, "_CHUNK_VALUES", chunk)
+        assert divergence._divergence(kind, out, ref) == pytest.approx(want, rel=1e-12, abs=0)

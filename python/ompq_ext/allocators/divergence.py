@@ -63,17 +63,30 @@ def _output_tensor(output, output_fn) -> tuple[torch.Tensor, str]:
     return out.detach().float(), key
 
 
+_CHUNK_VALUES = 1 << 22  # values per float64 chunk of a divergence (32 MiB): a language model's logits are GBs in float64
+
+
 def _divergence(kind: str, out: torch.Tensor, ref: torch.Tensor) -> float:
-    # float64: at high bit-widths the divergence is below float32's resolution of the terms it cancels
-    out, ref = out.double(), ref.double()
-    if kind == "kl":
-        rows = ref.shape[-1]
-        p, q = F.log_softmax(ref.reshape(-1, rows), -1), F.log_softmax(out.reshape(-1, rows), -1)
-        return float(F.kl_div(q, p, log_target=True, reduction="batchmean"))
-    if kind == "cosine":
-        rows = ref.shape[-1]
-        return float(1 - F.cosine_similarity(out.reshape(-1, rows), ref.reshape(-1, rows), dim=-1).mean())
-    return float((out - ref).square().mean() / ref.square().mean().clamp_min(1e-30))
+    # float64: at high bit-widths the divergence is below float32's resolution of the terms it cancels. In chunks
+    # of rows, each chunk's sum exact to float64 and the chunks' sums added in order, so that an output as large as
+    # a language model's logits (16 x 64 tokens x 50k words: 412 MiB per float64 copy) needs no full float64 copy.
+    width = ref.shape[-1] if ref.dim() > 0 else 1
+    out, ref = out.reshape(-1, width), ref.reshape(-1, width)
+    rows, step = ref.shape[0], max(1, _CHUNK_VALUES // max(width, 1))
+    total, energy = 0.0, 0.0
+    for start in range(0, rows, step):
+        o, r = out[start:start + step].double(), ref[start:start + step].double()
+        if kind == "kl":
+            p, q = F.log_softmax(r, -1), F.log_softmax(o, -1)
+            total += float(F.kl_div(q, p, log_target=True, reduction="sum"))
+        elif kind == "cosine":
+            total += float((1 - F.cosine_similarity(o, r, dim=-1)).sum())
+        else:
+            total += float((o - r).square().sum())
+            energy += float(r.square().sum())
+    if kind in ("kl", "cosine"):
+        return total / rows
+    return total / max(energy, 1e-30 * ref.numel())
 
 
 def weight_owners(model: nn.Module, layers: list[Layer]) -> list[list[tuple[nn.Module, str, str]]]:
