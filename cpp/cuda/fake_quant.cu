@@ -62,8 +62,17 @@ __device__ __forceinline__ float fake_quant_one(float x, float s, float inv, flo
     return (clampf(rintf(x * inv) + z, qmin, qmax) - z) * s;
 }
 
-template <typename Index>
-__global__ void forward_kernel(const float* __restrict__ x, float* __restrict__ y, Index size, Index channels,
+// Four values of one channel, each with the scalar arithmetic: the results are the same bit for bit.
+__device__ __forceinline__ float4 fake_quant_one(float4 v, float s, float inv, float z, float qmin, float qmax) {
+    return {fake_quant_one(v.x, s, inv, z, qmin, qmax), fake_quant_one(v.y, s, inv, z, qmin, qmax),
+            fake_quant_one(v.z, s, inv, z, qmin, qmax), fake_quant_one(v.w, s, inv, z, qmin, qmax)};
+}
+
+// Element is float (one value per thread step) or float4 (four: one 16-byte load and store, one channel lookup
+// and one reciprocal, where x and y are 16-byte aligned and each run of one channel is a whole number of quads;
+// `inner` then counts quads).
+template <typename Element, typename Index>
+__global__ void forward_kernel(const Element* __restrict__ x, Element* __restrict__ y, Index size, Index channels,
                                Index inner, const float* __restrict__ scale, const float* __restrict__ zero,
                                float qmin, float qmax) {
     const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
@@ -71,27 +80,6 @@ __global__ void forward_kernel(const float* __restrict__ x, float* __restrict__ 
         const Index c = channel_of(i, channels, inner);
         const float s = scale[c];
         y[i] = fake_quant_one(x[i], s, 1.0f / s, zero[c], qmin, qmax);
-    }
-}
-
-// Four elements per thread: one 16-byte load and store, one channel lookup and one reciprocal, where x and y
-// are 16-byte aligned and each run of one channel is a whole number of quads (`inner` counts quads). Each
-// element's arithmetic is the scalar kernel's, so the results are the same bit for bit.
-template <typename Index>
-__global__ void forward_quads_kernel(const float4* __restrict__ x, float4* __restrict__ y, Index quads, Index channels,
-                                     Index inner, const float* __restrict__ scale, const float* __restrict__ zero,
-                                     float qmin, float qmax) {
-    const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
-    for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < quads; i += step) {
-        const Index c = channel_of(i, channels, inner);
-        const float s = scale[c], z = zero[c];
-        const float inv = 1.0f / s;
-        float4 v = x[i];
-        v.x = fake_quant_one(v.x, s, inv, z, qmin, qmax);
-        v.y = fake_quant_one(v.y, s, inv, z, qmin, qmax);
-        v.z = fake_quant_one(v.z, s, inv, z, qmin, qmax);
-        v.w = fake_quant_one(v.w, s, inv, z, qmin, qmax);
-        y[i] = v;
     }
 }
 
@@ -290,8 +278,8 @@ void fake_quant_forward(const float* x, float* y, const QuantLayout& layout, con
         one_channel ? QuantLayout{1, 1, quads} : QuantLayout{merged.outer, merged.channels, merged.inner / 4};
     launch_elementwise(quad_layout, stream, "fake_quant forward launch", [&](auto size, auto channels, auto inner,
                                                                               unsigned blocks, cudaStream_t s) {
-        forward_quads_kernel<<<blocks, kThreads, 0, s>>>(reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y),
-                                                         size, channels, inner, scale, zero_point, qmin, qmax);
+        forward_kernel<<<blocks, kThreads, 0, s>>>(reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y),
+                                                   size, channels, inner, scale, zero_point, qmin, qmax);
     });
     const std::size_t rest = merged.size() - 4 * quads;
     if (rest > 0) scalar(x + 4 * quads, y + 4 * quads, QuantLayout{1, 1, rest});

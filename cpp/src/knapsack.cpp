@@ -23,7 +23,7 @@ struct Item {  // one choice of a group: its costs above the group's cheapest, v
 
 using Clock = std::chrono::steady_clock;
 
-struct Segment {  // one edge of a group's upper hull in the (cost, value) plane
+struct Segment {  // one edge of a group's upper hull in the (cost, value) plane, from its point `from`
     std::size_t group, from;
     i64 dcost, dvalue;  // both > 0
 };
@@ -43,6 +43,9 @@ bool product_less(i64 a, i64 b, i64 c, i64 d) {
     const Wide y = product(static_cast<std::uint64_t>(c), static_cast<std::uint64_t>(d));
     return x.hi != y.hi ? x.hi < y.hi : x.lo < y.lo;
 }
+
+// Whether hull edge x is steeper (more value per unit of cost) than y, exactly.
+bool steeper(const Segment& x, const Segment& y) { return product_less(y.dvalue, x.dcost, x.dvalue, y.dcost); }
 
 // The upper concave hull of a group's items: cost and value both strictly increasing, slopes strictly
 // decreasing. Returns positions into items.
@@ -73,14 +76,9 @@ std::vector<std::size_t> upper_hull(const std::vector<Item>& items) {
 // are the reference solution: every edge taken is at least as steep as lambda (that edge's slope, the LP's
 // multiplier; 0 if all fit), every edge not taken at most as steep. Edges that still fit after it are then
 // taken too, for a first feasible solution.
-struct Edge {  // a hull edge of one group next to or beyond its reference choice, in the values given
-    std::size_t group;
-    i64 dcost, dvalue;  // both > 0
-};
-
 struct Reference {
     std::vector<std::size_t> at;  // the reference choice of each group (position in items[g])
-    std::vector<Edge> above, below;  // the hull edges above the reference choices and below them
+    std::vector<Segment> above, below;  // the hull edges above the reference choices and below them
     std::vector<double> up, down;  // slope of the hull edge leaving it upwards (0: none) and arriving from below (inf: none)
     double lambda = 0.0;
     std::vector<std::size_t> filled;  // the greedy solution: the reference plus the edges that still fit after it
@@ -98,8 +96,8 @@ Reference lp_reference(const std::vector<std::vector<Item>>& items, i64 room) {
         }
     }
     std::sort(segments.begin(), segments.end(), [](const Segment& x, const Segment& y) {
-        if (product_less(y.dvalue, x.dcost, x.dvalue, y.dcost)) return true;  // x steeper
-        if (product_less(x.dvalue, y.dcost, y.dvalue, x.dcost)) return false;
+        if (steeper(x, y)) return true;
+        if (steeper(y, x)) return false;
         return x.group != y.group ? x.group < y.group : x.from < y.from;
     });
     std::vector<std::size_t> at(groups, 0), reference;
@@ -130,7 +128,7 @@ Reference lp_reference(const std::vector<std::vector<Item>>& items, i64 room) {
         ref.at[g] = h[j];
         for (std::size_t k = 0; k + 1 < h.size(); ++k) {
             const Item &a = items[g][h[k]], &b = items[g][h[k + 1]];
-            (k < j ? ref.below : ref.above).push_back({g, b.cost - a.cost, b.value - a.value});
+            (k < j ? ref.below : ref.above).push_back({g, k, b.cost - a.cost, b.value - a.value});
         }
         if (j + 1 < h.size()) ref.up[g] = slope(j, j + 1);
         if (j > 0) ref.down[g] = slope(j - 1, j);
@@ -201,10 +199,10 @@ class PrefixBest {
 class Curve {
   public:
     Curve() = default;
-    Curve(std::vector<Edge> edges, bool steepest_first, std::size_t num_groups) {
-        std::sort(edges.begin(), edges.end(), [&](const Edge& x, const Edge& y) {
-            if (product_less(y.dvalue, x.dcost, x.dvalue, y.dcost)) return steepest_first;  // x steeper
-            if (product_less(x.dvalue, y.dcost, y.dvalue, x.dcost)) return !steepest_first;
+    Curve(std::vector<Segment> edges, bool steepest_first, std::size_t num_groups) {
+        std::sort(edges.begin(), edges.end(), [&](const Segment& x, const Segment& y) {
+            if (steeper(x, y)) return steepest_first;
+            if (steeper(y, x)) return !steepest_first;
             return x.group < y.group;  // (no two edges of a group have one slope)
         });
         const std::size_t n = edges.size();
@@ -212,7 +210,7 @@ class Curve {
         cost_.assign(n + 1, 0);
         value_.assign(n + 1, 0);
         start_.assign(num_groups + 1, 0);
-        for (const Edge& e : edges) ++start_[e.group + 1];
+        for (const Segment& e : edges) ++start_[e.group + 1];
         for (std::size_t g = 0; g < num_groups; ++g) start_[g + 1] += start_[g];
         slots_.resize(n);
         std::vector<std::uint32_t> next(start_.begin(), start_.end() - 1);
@@ -382,11 +380,17 @@ struct Search {
     double bound(const Bound& b, i64 value, i64 cost, i64 cost2, std::size_t next, double& err) const {
         const double spare = static_cast<double>(room - (cost + b.cost[next]));
         const double trade = spare >= 0 ? b.low[next] * spare : b.high[next] * spare;
+        return with_trade(b, value, cost2, next, trade, 0x1p-48, err);
+    }
+
+    // The bound given the trade of the groups to come: the plan with those groups at the guide's reference (its
+    // value exact: each partial sum is a plan's value or part of one, within 2^62), the second budget relaxed at
+    // the guide's multiplier, plus the trade; err: `rounding` of the terms' magnitudes and the guide's slack.
+    double with_trade(const Bound& b, i64 value, i64 cost2, std::size_t next, double trade, double rounding,
+                      double& err) const {
         const double relaxed = b.mu * static_cast<double>(room2 - (cost2 + b.cost2[next]));
-        // The plan with the groups to come at the guide's reference: its value, exact (each partial sum is a
-        // plan's value or part of one, within 2^62).
         const double v = static_cast<double>(value - reference_value[next] + b.value[next]);
-        err = (std::fabs(trade) + std::fabs(relaxed) + std::fabs(v)) * 0x1p-48 + b.slack;  // (not ldexp: hot)
+        err = (std::fabs(trade) + std::fabs(relaxed) + std::fabs(v)) * rounding + b.slack;  // (not ldexp: hot)
         return v + relaxed + trade;
     }
 
@@ -397,10 +401,7 @@ struct Search {
         const i64 spare = room - (cost + b.cost[next]);
         if (spare < 0 && -spare > below.total()) return -std::numeric_limits<double>::infinity();
         const double trade = (spare >= 0 ? above.trade(spare) : -below.trade(-spare)) / b.scale;
-        const double relaxed = b.mu * static_cast<double>(room2 - (cost2 + b.cost2[next]));
-        const double v = static_cast<double>(value - reference_value[next] + b.value[next]);
-        err = (std::fabs(trade) + std::fabs(relaxed) + std::fabs(v)) * 0x1p-47 + b.slack;
-        return v + relaxed + trade;
+        return with_trade(b, value, cost2, next, trade, 0x1p-47, err);
     }
 
     // Whether the state's bound at every multiplier reaches cut: first the one-slope bounds (cheap), then the

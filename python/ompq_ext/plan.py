@@ -178,14 +178,16 @@ def _plans(model: nn.Module, loader, budgets, *, method=None, bits=None, act_bit
         seen = observe(model, layers, samples, collectors, feature_point=allocator.feature_point,
                        bn_mode=bn_mode, progress=progress)
     planned, skipped = _planned_layers(layers, seen, allocator.feature_point)
-    overhead = scale_overhead(planned, [seen.channel_axis[layers.index(x)] for x in planned], group_size=group_size,
-                              act_bits=min(each[0].act_choices or (each[0].act_bits,)), scale_bits=scale_bits)
     indices = [layers.index(x) for x in planned]
+    overhead = scale_overhead(planned, [seen.channel_axis[i] for i in indices], group_size=group_size,
+                              act_bits=min(each[0].act_choices or (each[0].act_bits,)), scale_bits=scale_bits)
+    where = {x.name: (seen.outside[i] or x.attr != "weight" or x.kind == "Embedding", seen.channel_axis[i])
+             for x, i in zip(planned, indices)}
     shared_stages, shared = time.perf_counter() - start, {}  # shared: work the scorings share (quantized weights)
     for options in each:
         begin, own = time.perf_counter(), dict(timing)
-        problem = build_problem(model, planned, {x.name: seen.macs[layers.index(x)] for x in planned}, options, ties,
-                                scale_bits=overhead)
+        problem = build_problem(model, planned, {x.name: seen.macs[i] for x, i in zip(planned, indices)}, options,
+                                ties, scale_bits=overhead)
         with _stage(own, "scores"):
             scores = _score(allocator, model, problem, planned, indices, samples, collectors, seen, options,
                             time_limit_s, progress, shared)
@@ -198,10 +200,8 @@ def _plans(model: nn.Module, loader, budgets, *, method=None, bits=None, act_bit
                             fixed_bits=options.fixed, num_samples=num_samples, bn_mode=bn_mode,
                             ties=[list(t) for t in ties or ()], time_limit_s=time_limit_s,
                             cost=_method_cost(scores), method_settings=_method_settings(allocator))
-        where = {x.name: (seen.outside[layers.index(x)] or x.attr != "weight" or x.kind == "Embedding",
-                          seen.channel_axis[layers.index(x)]) for x in planned}
 
-        def record(allocation, problem=problem, scores=scores, settings=settings, timing=own, where=where) -> Plan:
+        def record(allocation, problem=problem, scores=scores, settings=settings, timing=own) -> Plan:
             return _record(model, planned, skipped, problem, scores, allocation, settings, timing, where)
         yield _Planned(record(allocation), problem, scores, record)
 

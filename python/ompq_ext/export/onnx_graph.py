@@ -82,10 +82,10 @@ def _weight_forward(quantizer: WeightQuantizer, weight: torch.Tensor):
         raise OmpqValueError(f"ONNX export: weight {getattr(quantizer, 'name', '') or '?'!r} is quantized per group "
                              f"of {quantizer.group_size}; DequantizeLinear has no group form before opset 21. "
                              f"Quantize per channel (plan(group_size=None)) to export it")
-    q, scale = integers(weight, quantizer)
     if quantizer.bits > 8:
         values = WeightQuantizer.forward(quantizer, weight).detach().clone()
         return lambda w: values
+    q, scale = integers(weight, quantizer)
     q8, scale = q.to(torch.int8), scale.detach().float().reshape(-1).clone()
     axis = quantizer.axis
     if isinstance(quantizer, FunctionalWeightQuantizer) and quantizer.input_quantizer is not None:

@@ -66,18 +66,24 @@ def unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return (planes << np.arange(bits, dtype=np.uint16)).sum(axis=1, dtype=np.uint16)
 
 
+def scales_like(quantizer: WeightQuantizer, shape) -> torch.Tensor:
+    """Every weight's scale (its channel's or its group's), float32, in the weight's ``shape``."""
+    moved = [shape[quantizer.axis], *(n for k, n in enumerate(shape) if k != quantizer.axis)]
+    columns = int(np.prod(moved[1:], dtype=np.int64))
+    scales = quantizer.column_scales(moved[0], columns).float()
+    return scales.reshape(moved).movedim(0, quantizer.axis)
+
+
 def integers(weight: torch.Tensor, quantizer: WeightQuantizer) -> tuple[torch.Tensor, torch.Tensor]:
     """(signed integers, scales) of a quantized weight: its quantized values divided by their scales, checked
     to lie exactly on the grid (integer x scale gives the quantized weight back bit for bit)."""
     with torch.no_grad():
         quantized = WeightQuantizer.forward(quantizer, weight).float()
-        channels = weight.shape[quantizer.axis]
-        moved = quantized.movedim(quantizer.axis, 0).reshape(channels, -1)
-        scales = quantizer.column_scales(channels, moved.shape[1]).float()
-        q = torch.round(moved / scales)
-        if not torch.equal(q * scales, moved):
+        scales = scales_like(quantizer, quantized.shape)
+        q = torch.round(quantized / scales)
+        if not torch.equal(q * scales, quantized):
             raise OmpqError("internal error: a quantized weight is not on its quantizer's grid")
-    return q.reshape(quantized.movedim(quantizer.axis, 0).shape).movedim(0, quantizer.axis), quantizer.scale.detach()
+    return q, quantizer.scale.detach()
 
 
 def save_packed(qmodel: nn.Module, path) -> Path:
@@ -180,12 +186,8 @@ def load_packed(model: nn.Module, path) -> nn.Module:
             lo = quant_range(info["bits"], True)[0]
             count = int(np.prod(info["shape"]))
             q = unpack(tensors.pop(f"{key}.packed").numpy(), info["bits"], count).astype(np.int32) + lo
-            quantizer = quantizers[id(state[key])]
             q = torch.from_numpy(q.astype(np.float32)).reshape(info["shape"])
-            channels = q.shape[quantizer.axis]
-            moved = q.movedim(quantizer.axis, 0).reshape(channels, -1)
-            value = (moved * quantizer.column_scales(channels, moved.shape[1]).float()).reshape(
-                q.movedim(quantizer.axis, 0).shape).movedim(0, quantizer.axis)
+            value = q * scales_like(quantizers[id(state[key])], q.shape)
             state[key].copy_(value.to(state[key].dtype))
     rest = {k for k in state if k not in weights and k not in aliases
             and k not in {i["scale_key"] for i in weights.values()}}
