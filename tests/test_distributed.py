@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -38,14 +39,23 @@ WORKER = textwrap.dedent("""
         alone = ompq_ext.plan(model, [part], "3bits", method="ompq", num_samples=40, progress=False)  # no group
         result["alone"] = alone.settings.num_samples
         json.dump(result, open(f"{out}.{rank}.json", "w"))
+        dist.barrier()  # both ranks done before the group goes (else a racing teardown can abort)
         dist.destroy_process_group()
         sys.exit(0)
     plan = ompq_ext.plan(model, [part], "3bits", method=method, num_samples=40, progress=False,
                          process_group=dist.group.WORLD)
     json.dump({"bits": plan.bits, "objective": plan.solver.objective, "samples": plan.settings.num_samples,
                "orm": None if plan.orm is None else plan.orm.tolist()}, open(f"{out}.{rank}.json", "w"))
+    dist.barrier()
     dist.destroy_process_group()
 """)
+
+
+def _free_port() -> int:
+    """A port no one listens on now (each run its own: a port just released may still be in TIME_WAIT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _run(tmp_path, method):
@@ -53,7 +63,7 @@ def _run(tmp_path, method):
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", str(29500 + os.getpid() % 1000), str(script), method,
+                           "--master-port", str(_free_port()), str(script), method,
                            str(tmp_path / method)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((tmp_path / f"{method}.{r}.json").read_text()) for r in (0, 1)]
