@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +102,50 @@ def test_core_with_two_budgets_equals_brute_force(problem, data):
         assert status == "infeasible" and picks is None
     else:
         assert status == "optimal" and tuple(picks.tolist()) == expected[2]
+
+
+TIE_IN_THE_BACKWARD_PASS = (  # values, costs, costs2, tiebreaks, capacity, capacity2
+    [[2, -1, -2, -1], [2, -1, 2], [2, -2, -2], [-1, -1]], [[0, 1, 4, 4], [1, 2, 3], [2, 3, 3], [0, 4]],
+    [[2, 4, 4, 4], [1, 2, 3], [0, 0, 0], [0, 2]], [[0, 1, 4, 4], [2, 1, 2], [0, 0, 1], [0, 4]], 18, 12)
+
+
+def test_core_with_two_budgets_breaks_a_tie_met_by_the_backward_pass():
+    # Found by fuzzing against brute_force_two: two optima in value and tiebreak whose difference lies in groups the
+    # backward pass decides (meet in the middle) when the passes take turns (one thread: where they meet is fixed);
+    # the tie must send the search to its lexicographic run. Checked in a child process with OMP_NUM_THREADS=1
+    # (with two threads the meeting point depends on their speed) and here.
+    values, costs, costs2, tiebreaks, capacity, capacity2 = TIE_IN_THE_BACKWARD_PASS
+    expected = brute_force_two(values, costs, costs2, tiebreaks, capacity, capacity2)
+    assert expected[2] == (0, 2, 0, 1)
+    status, picks, _, _ = run_core(values, costs, tiebreaks, capacity, costs2=flat(costs2), capacity2=capacity2)
+    assert status == "optimal" and tuple(picks.tolist()) == expected[2]
+    child = ("import numpy as np, test_knapsack as t\n"
+             "values, costs, costs2, tiebreaks, capacity, capacity2 = t.TIE_IN_THE_BACKWARD_PASS\n"
+             "status, picks, _, _ = t.run_core(values, costs, tiebreaks, capacity, costs2=t.flat(costs2), "
+             "capacity2=capacity2)\n"
+             "print(status, tuple(picks.tolist()))\n")
+    out = subprocess.run([sys.executable, "-c", child], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         cwd=Path(__file__).parent, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "optimal (0, 2, 0, 1)"
+
+
+def test_core_with_two_budgets_on_many_tiny_instances_full_of_ties():
+    # Tie-heavy two-budget problems (values -2..2, costs 0..4) against brute force: the meet-in-the-middle join
+    # and its tie rules on 3000 of them (each takes the two passes, on two threads where OpenMP has them).
+    rng = np.random.default_rng(20261206)
+    for _ in range(3000):
+        sizes = rng.integers(1, 5, rng.integers(2, 7))
+        values, costs, costs2 = ([rng.integers(lo, hi, k).tolist() for k in sizes] for lo, hi in ((-2, 3), (0, 5), (0, 5)))
+        tiebreaks = [c if rng.random() < 0.5 else rng.integers(0, 3, len(c)).tolist() for c in costs]
+        capacity, capacity2 = int(rng.integers(0, 20)), int(rng.integers(0, 20))
+        status, picks, _, _ = run_core(values, costs, tiebreaks, capacity, costs2=flat(costs2), capacity2=capacity2)
+        expected = brute_force_two(values, costs, costs2, tiebreaks, capacity, capacity2)
+        if expected is None:
+            assert status == "infeasible", (values, costs, costs2, tiebreaks, capacity, capacity2)
+        else:
+            assert status == "optimal" and tuple(picks.tolist()) == expected[2], \
+                (values, costs, costs2, tiebreaks, capacity, capacity2)
 
 
 def test_core_on_a_hand_made_tie():

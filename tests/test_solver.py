@@ -17,6 +17,7 @@ except ImportError:  # running from a source checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
     from ompq_ext import solver
 
+from ompq_ext.constraints import LatencyConstraint
 from ompq_ext.errors import InfeasibleBudgetError, OmpqError, OmpqValueError
 from ompq_ext.solver import GroupSpec, solve, solve_relaxed
 
@@ -621,3 +622,21 @@ def test_value_table_bad_input_names_the_group(values, message):
     groups = [GroupSpec("a", 10, 0, 1.0, (2, 4)), GroupSpec("b", 10, 0, 1.0, (2, 4))]
     with pytest.raises(OmpqValueError, match=message):
         solve(groups, size_budget_bits=60, values=values)
+
+
+def test_cp_sat_proves_the_true_optimum_on_a_latency_table():
+    # Found by test_knapsack_equals_cp_sat: OR-Tools 9.15's presolve (its at-most-one/linear inclusion step) proved
+    # 1.0 optimal on this model over choice variables; the knapsack's plan reaches 2.0 within the budget.
+    groups = [GroupSpec(f"g{i}", 1, 0, 0.0, (2, 4, 6, 7)) for i in range(8)]
+    latency = [{2: 0.0, 4: 0.0, 6: 0.0, 7: 0.0}, {2: 0.0, 4: 0.0, 6: 0.0, 7: 2.0},
+               {2: 6.0, 4: 1.3452223641830654, 6: 0.0, 7: 0.0}, {2: 0.0, 4: 0.0, 6: 0.0, 7: 0.0},
+               {2: 0.0, 4: 0.0, 6: 0.0, 7: 9.0}, {2: 1.5, 4: 0.0, 6: 0.0, 7: 10.0},
+               {2: 0.0, 4: 0.0, 6: 4.0, 7: 5.0}, {2: 0.0, 4: 0.0, 6: 0.0, 7: 3.0}]
+    values = [{2: 0.0, 4: 0.0, 6: 0.0, 7: 0.0}] * 8
+    values[2], values[5], values[6] = {2: 0.0, 4: 0.0, 6: -1.0, 7: -1.0}, {2: 1.0, 4: 0.0, 6: 0.0, 7: 0.0}, \
+        {2: 0.0, 4: 0.0, 6: 0.0, 7: 1.0}
+    constraint = LatencyConstraint(latency, 12.031263031249999)
+    a = solve(groups, [constraint], values=values, engine="cp-sat")
+    b = solve(groups, [constraint], values=values, engine="knapsack")
+    assert a.objective == b.objective == 2.0
+    assert a.bits == b.bits == [7, 7, 4, 7, 6, 2, 7, 6]

@@ -2,12 +2,18 @@
 #include "ompq/knapsack.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace ompq {
 namespace {
@@ -148,7 +154,8 @@ struct Child {
     std::uint32_t parent_lex, parent;
     std::int32_t index;  // the choice within the group
     i64 cost2;
-    std::uint32_t rank2 = 0;  // the rank of cost2 among the children's (two budgets)
+    std::uint32_t rank2 = 0;    // the rank of cost2 among the children's (two budgets)
+    std::uint32_t kept_as = std::numeric_limits<std::uint32_t>::max();  // its place among the kept states, if kept
 };
 
 // Cheaper first; at equal cost the better one first: larger value, tiebreak, then choices.
@@ -160,8 +167,9 @@ bool comes_first(const Child& x, const Child& y) {
     return x.index > y.index;
 }
 
-// Whether x beats y in (value, tiebreak), then, with lexicographic, in the choices.
-bool better(const Child& x, const Child& y, bool lexicographic) {
+// Whether x beats y in (value, tiebreak), then, with lexicographic, in the choices (a Child or a Key).
+template <typename X, typename Y>
+bool better(const X& x, const Y& y, bool lexicographic) {
     if (x.value != y.value) return x.value > y.value;
     if (x.tiebreak != y.tiebreak) return x.tiebreak > y.tiebreak;
     if (!lexicographic) return false;
@@ -169,27 +177,36 @@ bool better(const Child& x, const Child& y, bool lexicographic) {
     return x.index > y.index;
 }
 
-// Best-so-far over a prefix of ranks (a Fenwick tree of state indices, compared by `better`): the kept state
-// that beats all others among those whose second cost is at most a given one.
+// What `better` compares of a kept state, and its place among them (kNone: no state).
+struct Key {
+    i64 value, tiebreak;
+    std::uint32_t parent_lex;
+    std::int32_t index;
+    std::uint32_t id;
+};
+constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+
+// Best-so-far over a prefix of ranks (a Fenwick tree of keys, compared by `better`): the kept state that beats
+// all others among those whose second cost is at most a given one. The keys are copied into the tree: comparing
+// them there saves a random access per step.
 class PrefixBest {
   public:
-    void reset(std::size_t size) { tree_.assign(size + 1, kNone); }
-    template <typename Better>
-    std::uint32_t query(std::size_t rank, Better better) const {  // over ranks 0..rank
-        std::uint32_t best = kNone;
+    void reset(std::size_t size) { tree_.assign(size + 1, kEmpty); }
+    Key query(std::size_t rank, bool lexicographic) const {  // over ranks 0..rank
+        Key best = kEmpty;
         for (std::size_t i = rank + 1; i > 0; i -= i & (~i + 1))
-            if (tree_[i] != kNone && (best == kNone || better(tree_[i], best))) best = tree_[i];
+            if (better(tree_[i], best, lexicographic)) best = tree_[i];
         return best;
     }
-    template <typename Better>
-    void insert(std::size_t rank, std::uint32_t index, Better better) {
+    void insert(std::size_t rank, const Key& key, bool lexicographic) {
         for (std::size_t i = rank + 1; i < tree_.size(); i += i & (~i + 1))
-            if (tree_[i] == kNone || better(index, tree_[i])) tree_[i] = index;
+            if (better(key, tree_[i], lexicographic)) tree_[i] = key;
     }
-    static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
 
   private:
-    std::vector<std::uint32_t> tree_;
+    // Beaten by every state: no value reaches the lowest int64 (their sums stay within 2^62).
+    static constexpr Key kEmpty{std::numeric_limits<i64>::min(), 0, 0, 0, kNone};
+    std::vector<Key> tree_;
 };
 
 // What the LP relaxation of the groups still to come gains from `amount` more cost (the edges above their
@@ -416,115 +433,312 @@ struct Search {
         return true;
     }
 
+    // One pass over the order: the states after its first `done` groups (the groups after them at the reference),
+    // with back pointers per position, and each bound's curves of the groups not yet decided. The buffers below
+    // are reused from one group to the next.
+    struct Pass {
+        std::vector<State> states;
+        std::vector<std::uint32_t> by_cost2;  // two budgets: the states in increasing second cost
+        std::vector<std::vector<std::uint32_t>> parents;  // per position: each state's parent, in the kept order
+        std::vector<std::vector<std::int32_t>> picks;    // per position: each state's choice there
+        std::vector<std::vector<bool>> tied;             // per position: whether the state had a tie dropped
+        std::vector<Curve> curves;
+        std::size_t done = 0;
+        std::vector<std::vector<Child>> lists;
+        std::vector<std::vector<std::uint32_t>> child_of;
+        std::vector<std::uint64_t> seconds;
+        std::vector<Child> kept;
+        PrefixBest prefix;
+    };
+
+    Pass begin() const {
+        Pass pass;
+        pass.states = {start};
+        pass.by_cost2 = {0};
+        for (const Bound& b : bounds) pass.curves.push_back(b.above), pass.curves.push_back(b.below);
+        return pass;
+    }
+
+    // Decides the group at position pass.done: keeps only children whose bound reaches the cut (the threshold, or
+    // floor once that is higher: floor, a value some plan reaches, rises to the best state within the rooms met).
+    // Returns false where none is left (no plan reaches the cut).
+    bool step(Pass& pass, double threshold, double& cut, i64& floor) const {
+        const std::size_t i = pass.done++, g = order[i];
+        const Item& r = items[g][ref.at[g]];
+        std::vector<State>& states = pass.states;
+        std::vector<std::vector<Child>>& lists = pass.lists;
+        std::vector<Child>& kept = pass.kept;
+        for (Curve& c : pass.curves) c.remove(g);
+        // One list of children per choice, each sorted by cost like the parents; bounds prune. Two budgets: each
+        // choice's child of each parent (its place in the list, or none) and all children in increasing second
+        // cost (choice << 32 | place), merged from the parents' order (a choice adds one second cost to all its
+        // children): ranks for the 2-D dominance.
+        lists.assign(items[g].size(), {});
+        if (two) pass.child_of.assign(items[g].size(), std::vector<std::uint32_t>(states.size(), kNone));
+        for (std::size_t j = 0; j < items[g].size(); ++j) {
+            const Item& it = items[g][j];
+            for (std::uint32_t p = 0; p < states.size(); ++p) {
+                const State& s = states[p];
+                const i64 cost = s.cost - r.cost + it.cost;
+                if (cost - give_back[i + 1] > room) break;  // cannot get back under the room
+                const i64 cost2 = s.cost2 - r.cost2 + it.cost2;
+                if (cost2 - give_back2[i + 1] > room2 && two) continue;
+                const i64 value = s.value - r.value + it.value;
+                if (!reaches(value, cost, cost2, i + 1, cut, pass.curves)) continue;
+                lists[j].push_back({cost, value, s.tiebreak - r.tiebreak + it.tiebreak, s.lex, p, it.index, cost2});
+                if (two) pass.child_of[j][p] = static_cast<std::uint32_t>(lists[j].size() - 1);
+            }
+        }
+        if (two) {
+            std::vector<std::uint64_t>& seconds = pass.seconds;
+            seconds.clear();
+            // each choice's next parent in by_cost2 with a child, that child's place and second cost
+            std::vector<std::size_t> at(lists.size(), 0);
+            std::vector<std::uint32_t> place(lists.size());
+            std::vector<i64> head2(lists.size());
+            auto advance = [&](std::size_t j) {
+                while (at[j] < pass.by_cost2.size() && (place[j] = pass.child_of[j][pass.by_cost2[at[j]]]) == kNone)
+                    ++at[j];
+                head2[j] = at[j] < pass.by_cost2.size() ? lists[j][place[j]].cost2 : std::numeric_limits<i64>::max();
+                ++at[j];
+            };
+            for (std::size_t j = 0; j < lists.size(); ++j) advance(j);
+            std::uint32_t ranks = 0;
+            i64 last = 0;
+            for (;;) {
+                std::size_t pick = 0;
+                for (std::size_t j = 1; j < lists.size(); ++j)
+                    if (head2[j] < head2[pick]) pick = j;
+                if (head2[pick] == std::numeric_limits<i64>::max()) break;
+                Child& c = lists[pick][place[pick]];
+                ranks += !seconds.empty() && c.cost2 != last;
+                last = c.cost2;
+                c.rank2 = ranks;
+                seconds.push_back((std::uint64_t{pick} << 32) | place[pick]);
+                advance(pick);
+            }
+            pass.prefix.reset(seconds.empty() ? 0 : ranks + 1);
+        }
+        // Merge by cost; keep a child only if it beats every kept one that costs no more (one budget: the
+        // cheaper or equally cheap ones before it, the last of which is the best).
+        kept.clear();
+        pass.tied.emplace_back();
+        std::vector<bool>& tied = pass.tied.back();
+        std::vector<std::size_t> head(lists.size(), 0);
+        for (;;) {
+            std::size_t pick = lists.size();
+            for (std::size_t j = 0; j < lists.size(); ++j)
+                if (head[j] < lists[j].size() &&
+                    (pick == lists.size() || comes_first(lists[j][head[j]], lists[pick][head[pick]])))
+                    pick = j;
+            if (pick == lists.size()) break;
+            Child& c = lists[pick][head[pick]++];
+            const std::uint32_t rival = two            ? pass.prefix.query(c.rank2, lexicographic).id
+                                        : kept.empty() ? kNone
+                                                       : static_cast<std::uint32_t>(kept.size() - 1);
+            if (rival == kNone || better(c, kept[rival], lexicographic)) {
+                c.kept_as = static_cast<std::uint32_t>(kept.size());
+                if (two) pass.prefix.insert(c.rank2, {c.value, c.tiebreak, c.parent_lex, c.index, c.kept_as}, lexicographic);
+                kept.push_back(c);
+                tied.push_back(false);
+            } else if (c.value == kept[rival].value && c.tiebreak == kept[rival].tiebreak) {
+                tied[rival] = true;  // c does as well as the state kept: its choices could win the tie-break
+            }
+        }
+        if (kept.empty()) return false;  // nothing reaches the threshold
+        // A state within the rooms is a plan (the groups to come at the reference): the best one is a floor.
+        const i64 before = floor;
+        for (const Child& c : kept)
+            if (c.cost <= room && c.cost2 <= room2 && c.value > floor) floor = c.value;
+        if (floor != before) cut = std::max(threshold, static_cast<double>(floor)) - margin;
+        std::vector<std::uint32_t> rank(kept.size(), 0);
+        if (lexicographic) {  // the kept states' ranks: by the parent's rank, then the choice
+            std::vector<std::uint32_t> by_choices(kept.size());
+            for (std::uint32_t k = 0; k < by_choices.size(); ++k) by_choices[k] = k;
+            std::sort(by_choices.begin(), by_choices.end(), [&](std::uint32_t a, std::uint32_t b) {
+                const Child &x = kept[a], &y = kept[b];
+                return x.parent_lex != y.parent_lex ? x.parent_lex < y.parent_lex : x.index < y.index;
+            });
+            for (std::uint32_t k = 0; k < by_choices.size(); ++k) rank[by_choices[k]] = k;
+        }
+        states.resize(kept.size());
+        if (two) {  // the kept states in increasing second cost
+            pass.by_cost2.clear();
+            for (const std::uint64_t k : pass.seconds) {
+                const Child& c = lists[k >> 32][k & 0xffffffffu];
+                if (c.kept_as != kNone) pass.by_cost2.push_back(c.kept_as);
+            }
+        }
+        pass.parents.emplace_back(kept.size());
+        pass.picks.emplace_back(kept.size());
+        for (std::size_t k = 0; k < kept.size(); ++k) {
+            states[k] = {kept[k].cost, kept[k].value, kept[k].tiebreak, rank[k], kept[k].cost2};
+            pass.parents.back()[k] = kept[k].parent;
+            pass.picks.back()[k] = kept[k].index;
+        }
+        return true;
+    }
+
+    // Writes the choices of the pass's decided groups on the path to its state `at`; whether that path had a tie.
+    bool trace(const Pass& pass, std::uint32_t at, std::int32_t* choices) const {
+        bool tie = false;
+        for (std::size_t i = pass.done; i-- > 0;) {
+            choices[order[i]] = pass.picks[i][at];
+            tie = tie || pass.tied[i][at];
+            at = pass.parents[i][at];
+        }
+        return tie;
+    }
+
+    // Two budgets, meet in the middle: the forward pass over the first groups of the order and `back` (the same
+    // search over the reversed order) over the others, whichever keeps fewer states advancing, then the best
+    // pair of their states within both rooms. Near the end of the order the forward bound (the LP of the few
+    // groups left) is loose while every state must still be carried to the end; the passes meet before that.
+    // A pair's plan: the forward state's choices for its groups, the backward state's for the rest (each state
+    // holds the reference's choices for the groups it has not decided, so the pair counts the reference once too
+    // many). The states by decreasing cost meet the backward ones by increasing cost: those that fit a state's
+    // first room enter a PrefixBest over the second cost. Sets tie where another pair does as well.
+    void join(const Pass& forward, const Search& back, const Pass& backward, bool& found, bool& tie, i64& best,
+              std::int32_t* choices) const {
+        const std::vector<State>&xs = forward.states, &ys = backward.states;
+        std::vector<std::uint32_t> by_cost(ys.size()), by_room(xs.size());
+        for (std::uint32_t k = 0; k < by_cost.size(); ++k) by_cost[k] = k;
+        for (std::uint32_t k = 0; k < by_room.size(); ++k) by_room[k] = k;
+        std::sort(by_cost.begin(), by_cost.end(), [&](std::uint32_t a, std::uint32_t b) { return ys[a].cost < ys[b].cost; });
+        std::sort(by_room.begin(), by_room.end(), [&](std::uint32_t a, std::uint32_t b) { return xs[a].cost > xs[b].cost; });
+        // A pair's totals: x's plus what y changed (each a plan's total or part of one: within 2^62).
+        auto total = [&](i64 x, i64 y, i64 reference) { return x + (y - reference); };
+        std::vector<i64> seconds;  // what the backward states changed in the second cost
+        for (const State& y : ys) seconds.push_back(y.cost2 - start.cost2);
+        std::sort(seconds.begin(), seconds.end());
+        seconds.erase(std::unique(seconds.begin(), seconds.end()), seconds.end());
+        PrefixBest prefix;
+        prefix.reset(seconds.size());
+        std::uint32_t best_x = kNone, best_y = kNone;
+        i64 best_tiebreak = 0;
+        bool equal = false;  // another forward state reaches the best pair's (value, tiebreak)
+        std::size_t entered = 0;
+        for (const std::uint32_t k : by_room) {
+            const State& x = xs[k];
+            for (; entered < by_cost.size() && total(x.cost, ys[by_cost[entered]].cost, start.cost) <= room; ++entered) {
+                const State& y = ys[by_cost[entered]];
+                const std::size_t rank =
+                    std::lower_bound(seconds.begin(), seconds.end(), y.cost2 - start.cost2) - seconds.begin();
+                prefix.insert(rank, {y.value, y.tiebreak, 0, 0, by_cost[entered]}, false);
+            }
+            const std::size_t fits = std::upper_bound(seconds.begin(), seconds.end(), room2 - x.cost2) - seconds.begin();
+            if (fits == 0) continue;
+            const Key y = prefix.query(fits - 1, false);
+            if (y.id == kNone) continue;
+            const i64 value = total(x.value, y.value, start.value), tiebreak = total(x.tiebreak, y.tiebreak, start.tiebreak);
+            if (best_x == kNone || value > best || (value == best && tiebreak > best_tiebreak)) {
+                best_x = k, best_y = y.id, best = value, best_tiebreak = tiebreak, equal = false;
+            } else if (value == best && tiebreak == best_tiebreak) {
+                equal = true;
+            }
+        }
+        found = best_x != kNone;
+        if (!found) return;
+        const State &x = xs[best_x], &y = ys[best_y];
+        for (std::uint32_t k = 0; k < ys.size() && !equal; ++k)  // another backward state as good for x
+            equal = k != best_y && total(x.cost, ys[k].cost, start.cost) <= room &&
+                    total(x.cost2, ys[k].cost2, start.cost2) <= room2 && ys[k].value == y.value &&
+                    ys[k].tiebreak == y.tiebreak;
+        tie = tie || equal;
+        tie = trace(forward, best_x, choices) || tie;
+        tie = back.trace(backward, best_y, choices) || tie;
+    }
+
+    // Advances the forward pass and, with `back`, the backward one until together they have decided every group
+    // (at most max_states states per round; alive: false where a pass kept none, so no plan reaches the cut).
+    // With two threads (OpenMP) the passes run side by side, each claiming the next group at its end of the
+    // order; else the pass with fewer states goes next. Either way they meet where their work balances.
+    KnapsackStatus advance(Pass& forward, const Search* back, Pass& backward, double threshold, i64& floor,
+                           std::size_t max_states, Clock::time_point deadline, KnapsackResult& result,
+                           bool& alive) const {
+        const std::size_t n = order.size();
+        const bool timed = deadline != Clock::time_point::max();
+#ifdef _OPENMP
+        if (back && omp_get_max_threads() > 1) {
+            struct Side {
+                KnapsackStatus status = KnapsackStatus::optimal;
+                bool alive = true;
+                i64 floor = 0;
+                std::size_t states = 0, peak = 0;
+                std::exception_ptr error;
+            } sides[2];
+            sides[0].floor = sides[1].floor = floor;
+            std::atomic<std::size_t> claimed{0}, count{0};
+            std::atomic<bool> stop{false};
+#pragma omp parallel num_threads(2)
+            {
+                const int k = omp_get_thread_num();  // (a single thread, if that is all it gets, decides every group)
+                Side& side = sides[k];
+                Pass& pass = k == 0 ? forward : backward;
+                const Search& search = k == 0 ? *this : *back;
+                double cut = std::max(threshold, static_cast<double>(side.floor)) - margin;
+                try {
+                    while (!stop.load() && claimed.fetch_add(1) < n) {
+                        if (timed && Clock::now() > deadline) side.status = KnapsackStatus::time_limit;
+                        else if (!search.step(pass, threshold, cut, side.floor)) side.alive = false;
+                        else if (count.fetch_add(pass.states.size()) + pass.states.size() > max_states)
+                            side.status = KnapsackStatus::too_many_states;
+                        side.states += pass.states.size();
+                        side.peak = std::max(side.peak, pass.states.size());
+                        if (side.status != KnapsackStatus::optimal || !side.alive) stop = true;
+                    }
+                } catch (...) {
+                    side.error = std::current_exception();
+                    stop = true;
+                }
+            }
+            for (const Side& side : sides) {
+                if (side.error) std::rethrow_exception(side.error);
+                floor = std::max(floor, side.floor);
+                result.states += side.states;
+                result.peak_states = std::max(result.peak_states, side.peak);
+                alive = alive && side.alive;
+            }
+            for (const Side& side : sides)
+                if (side.status != KnapsackStatus::optimal) return side.status;
+            return KnapsackStatus::optimal;
+        }
+#endif
+        double cut = std::max(threshold, static_cast<double>(floor)) - margin;
+        std::size_t count = 0;
+        while (forward.done + backward.done < n) {
+            if (timed && Clock::now() > deadline) return KnapsackStatus::time_limit;
+            const bool backwards = back && backward.states.size() < forward.states.size();
+            Pass& pass = backwards ? backward : forward;
+            alive = (backwards ? *back : *this).step(pass, threshold, cut, floor);
+            if (!alive) return KnapsackStatus::optimal;
+            count += pass.states.size();
+            result.states += pass.states.size();
+            result.peak_states = std::max(result.peak_states, pass.states.size());
+            if (count > max_states) return KnapsackStatus::too_many_states;
+        }
+        return KnapsackStatus::optimal;
+    }
+
     // Keeps only states whose bound reaches threshold, or floor once that is higher: floor (a value some plan
     // reaches) rises to the best state within the rooms met on the way. On success writes the best complete
     // solution kept (if one is: found) to choices, its value to best, and whether a state on its path had a
     // tie in (value, tiebreak) dropped without the lexicographic rule (tie: another optimum may come first).
+    // With `back` (two budgets), the passes meet in the middle (join).
     KnapsackStatus run(double threshold, std::size_t max_states, Clock::time_point deadline, KnapsackResult& result,
-                       bool& found, bool& tie, i64& best, std::int32_t* choices, i64& floor) const {
-        const std::size_t n = order.size();
-        double cut = std::max(threshold, static_cast<double>(floor)) - margin;
-        std::vector<std::vector<std::uint32_t>> parents(n);  // back pointers, in the kept order
-        std::vector<std::vector<std::int32_t>> picks(n);
-        std::vector<std::vector<bool>> tied(n);  // whether a kept state had a tie dropped
-        std::vector<State> states{start};
-        std::vector<std::vector<Child>> lists;
-        std::vector<Child> kept;
-        std::vector<std::uint32_t> rank;
-        std::vector<std::pair<i64, std::uint64_t>> seconds;  // each child's second cost and place: ranks for the 2-D dominance
-        PrefixBest prefix;
-        std::vector<Curve> curves;  // each bound's above and below curves, of the groups not yet decided
-        for (const Bound& b : bounds) curves.push_back(b.above), curves.push_back(b.below);
-        std::size_t count = 0;
+                       bool& found, bool& tie, i64& best, std::int32_t* choices, i64& floor, const Search* back) const {
+        Pass forward = begin(), backward = back ? back->begin() : Pass{};
         found = false;
-        for (std::size_t i = 0; i < n; ++i) {
-            if (deadline != Clock::time_point::max() && Clock::now() > deadline) return KnapsackStatus::time_limit;
-            const std::size_t g = order[i];
-            const Item& r = items[g][ref.at[g]];
-            for (Curve& c : curves) c.remove(g);
-            // One list of children per choice, each sorted by cost like the parents; bounds prune.
-            lists.assign(items[g].size(), {});
-            seconds.clear();
-            for (std::size_t j = 0; j < items[g].size(); ++j) {
-                const Item& it = items[g][j];
-                for (std::uint32_t p = 0; p < states.size(); ++p) {
-                    const State& s = states[p];
-                    const i64 cost = s.cost - r.cost + it.cost;
-                    if (cost - give_back[i + 1] > room) break;  // cannot get back under the room
-                    const i64 cost2 = s.cost2 - r.cost2 + it.cost2;
-                    if (cost2 - give_back2[i + 1] > room2 && two) continue;
-                    const i64 value = s.value - r.value + it.value;
-                    if (!reaches(value, cost, cost2, i + 1, cut, curves)) continue;
-                    lists[j].push_back({cost, value, s.tiebreak - r.tiebreak + it.tiebreak, s.lex, p, it.index, cost2});
-                    if (two) seconds.emplace_back(cost2, (std::uint64_t{j} << 32) | (lists[j].size() - 1));
-                }
-            }
-            if (two) {
-                std::sort(seconds.begin(), seconds.end());
-                std::uint32_t ranks = 0;
-                for (std::size_t k = 0; k < seconds.size(); ++k) {
-                    ranks += k > 0 && seconds[k].first != seconds[k - 1].first;
-                    lists[seconds[k].second >> 32][seconds[k].second & 0xffffffffu].rank2 = ranks;
-                }
-                prefix.reset(seconds.empty() ? 0 : ranks + 1);
-            }
-            // Merge by cost; keep a child only if it beats every kept one that costs no more (one budget: the
-            // cheaper or equally cheap ones before it, the last of which is the best).
-            kept.clear();
-            auto beats = [&](std::uint32_t a, std::uint32_t b) { return better(kept[a], kept[b], lexicographic); };
-            std::vector<std::size_t> head(lists.size(), 0);
-            for (;;) {
-                std::size_t pick = lists.size();
-                for (std::size_t j = 0; j < lists.size(); ++j)
-                    if (head[j] < lists[j].size() &&
-                        (pick == lists.size() || comes_first(lists[j][head[j]], lists[pick][head[pick]])))
-                        pick = j;
-                if (pick == lists.size()) break;
-                const Child& c = lists[pick][head[pick]++];
-                std::size_t at2 = 0;
-                std::uint32_t rival = kept.empty() ? PrefixBest::kNone : static_cast<std::uint32_t>(kept.size() - 1);
-                if (two) {
-                    at2 = c.rank2;
-                    rival = prefix.query(at2, beats);
-                }
-                if (rival == PrefixBest::kNone || better(c, kept[rival], lexicographic)) {
-                    kept.push_back(c);
-                    tied[i].push_back(false);
-                    if (two) prefix.insert(at2, static_cast<std::uint32_t>(kept.size() - 1), beats);
-                } else if (c.value == kept[rival].value && c.tiebreak == kept[rival].tiebreak) {
-                    tied[i][rival] = true;  // c does as well as the state kept: its choices could win the tie-break
-                }
-            }
-            if (kept.empty()) return KnapsackStatus::optimal;  // nothing reaches the threshold
-            // A state within the rooms is a plan (the groups to come at the reference): the best one is a floor.
-            const i64 before = floor;
-            for (const Child& c : kept)
-                if (c.cost <= room && c.cost2 <= room2 && c.value > floor) floor = c.value;
-            if (floor != before) cut = std::max(threshold, static_cast<double>(floor)) - margin;
-            count += kept.size();
-            result.states += kept.size();
-            result.peak_states = std::max(result.peak_states, kept.size());
-            if (count > max_states) return KnapsackStatus::too_many_states;
-            rank.assign(kept.size(), 0);
-            if (lexicographic) {  // the kept states' ranks: by the parent's rank, then the choice
-                std::vector<std::uint32_t> by_choices(kept.size());
-                for (std::uint32_t k = 0; k < by_choices.size(); ++k) by_choices[k] = k;
-                std::sort(by_choices.begin(), by_choices.end(), [&](std::uint32_t a, std::uint32_t b) {
-                    const Child &x = kept[a], &y = kept[b];
-                    return x.parent_lex != y.parent_lex ? x.parent_lex < y.parent_lex : x.index < y.index;
-                });
-                for (std::uint32_t k = 0; k < by_choices.size(); ++k) rank[by_choices[k]] = k;
-            }
-            states.resize(kept.size());
-            parents[i].resize(kept.size());
-            picks[i].resize(kept.size());
-            for (std::size_t k = 0; k < kept.size(); ++k) {
-                states[k] = {kept[k].cost, kept[k].value, kept[k].tiebreak, rank[k], kept[k].cost2};
-                parents[i][k] = kept[k].parent;
-                picks[i][k] = kept[k].index;
-            }
+        bool alive = true;
+        const KnapsackStatus status =
+            advance(forward, back, backward, threshold, floor, max_states, deadline, result, alive);
+        if (status != KnapsackStatus::optimal || !alive) return status;
+        if (backward.done > 0) {
+            join(forward, *back, backward, found, tie, best, choices);
+            return KnapsackStatus::optimal;
         }
         // The best complete solution: one budget, the last kept (each beats all cheaper ones); two, the best.
+        const std::vector<State>& states = forward.states;
         std::uint32_t at = static_cast<std::uint32_t>(states.size() - 1);
         for (std::uint32_t k = 0; two && k < states.size(); ++k) {
             const State &x = states[k], &y = states[at];
@@ -536,31 +750,27 @@ struct Search {
         best = states[at].value;
         for (std::uint32_t k = 0; two && !lexicographic && k < states.size(); ++k)  // equally good, other costs
             tie = tie || (k != at && states[k].value == best && states[k].tiebreak == states[at].tiebreak);
-        for (std::size_t i = n; i-- > 0;) {
-            choices[order[i]] = picks[i][at];
-            tie = tie || tied[i][at];
-            at = parents[i][at];
-        }
+        tie = trace(forward, at, choices) || tie;
         found = true;
         return KnapsackStatus::optimal;
     }
 
-    // Rounds with the threshold stepping down from the LP bound (steps growing 1.5x) to the value of the best
+    // Rounds with the threshold stepping down from the LP bound (steps doubling) to the value of the best
     // solution known (`floor`): a round whose best solution reaches its threshold has seen every solution at
     // least as good, so it holds the optimum. Near-optimal thresholds keep far fewer states than the floor.
     KnapsackStatus solve(i64 floor, std::size_t max_states, Clock::time_point deadline, KnapsackResult& result,
-                         bool& tie, std::int32_t* choices) const {
+                         bool& tie, std::int32_t* choices, const Search* back) const {
         double err = 0;
         const double root = bound(bounds.front(), start.value, start.cost, start.cost2, 0, err);  // the LP bound
         const bool known = floor != std::numeric_limits<i64>::min();  // without a floor: steps from 2^-32 of the root
         const double gap = known ? std::max(root - static_cast<double>(floor), 0.0) : std::ldexp(std::fabs(root), -20);
-        for (double step = std::max(gap / 4096.0, 1.0);; step *= 1.5) {
+        for (double step = std::max(gap / 4096.0, 1.0);; step *= 2.0) {
             const bool last = root - step <= static_cast<double>(floor);
             const double threshold = last ? static_cast<double>(floor) : root - step;
             bool found = false;
             i64 best = 0;
             tie = false;
-            const KnapsackStatus status = run(threshold, max_states, deadline, result, found, tie, best, choices, floor);
+            const KnapsackStatus status = run(threshold, max_states, deadline, result, found, tie, best, choices, floor, back);
             if (status != KnapsackStatus::optimal) return status;
             if (found && (last || static_cast<double>(best) >= threshold)) return status;
             if (last) {
@@ -743,7 +953,10 @@ KnapsackResult solve_any(const std::int64_t* values, const std::int64_t* costs, 
     auto search = [&](bool lexicographic) {
         Search dp(items, guide, room, room2, two, order, lexicographic, value_scale);
         for (const Guide& other : others) dp.add(other);
-        return dp.solve(floor, max_states, deadline, result, tie, choices);
+        if (!two || lexicographic) return dp.solve(floor, max_states, deadline, result, tie, choices, nullptr);
+        Search back(items, guide, room, room2, two, {order.rbegin(), order.rend()}, false, value_scale);
+        for (const Guide& other : others) back.add(other);
+        return dp.solve(floor, max_states, deadline, result, tie, choices, &back);
     };
     KnapsackStatus status = search(false);
     if (status == KnapsackStatus::optimal && tie) {

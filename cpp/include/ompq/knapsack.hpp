@@ -16,8 +16,8 @@
 // again by a run in the natural order with lexicographic ranks. Values, costs and tiebreaks are
 // summed in exact 64-bit integers; bounds in doubles with a proven rounding margin (any multiplier gives a
 // valid bound, so rounding only costs pruning). Exact whatever the input; the work depends on how many
-// states survive (docs/BENCHMARKS.md). Beyond max_states states in all (over the rounds), or past
-// time_limit_s, the solver stops and says so.
+// states survive (docs/BENCHMARKS.md). Beyond max_states states in one round, or past time_limit_s, the
+// solver stops and says so.
 #pragma once
 
 #include <cstddef>
@@ -52,8 +52,11 @@ KnapsackResult solve_knapsack(const std::int64_t* values, const std::int64_t* co
 // A state is dropped only for one that costs no more under either budget and is at least as good; the bound
 // relaxes the second budget with the multiplier mu that makes the LP bound smallest (a search over mu, each
 // step an LP) and, as second opinions, at 0 and 1/4 .. 4 times mu (a state goes when any bound rules it
-// out); states that cannot get back under the second room go too. Weaker than one budget: on 1024 groups
-// with both budgets binding, a median of about 20 k states and up to 6 M (docs/BENCHMARKS.md).
+// out); states that cannot get back under the second room go too. The search meets in the middle: a second
+// pass over the reversed order, the two on two threads where OpenMP offers them (else taking turns), then
+// the best pair of their states within both rooms (docs/KERNELS.md). The plan does not depend on the thread
+// count; the states counted do. On 1024 groups with both budgets binding: a median of about 20 k states, at
+// most about 3 M in the instances measured (docs/BENCHMARKS.md).
 KnapsackResult solve_knapsack2(const std::int64_t* values, const std::int64_t* costs, const std::int64_t* costs2,
                                const std::int64_t* tiebreaks, const std::int64_t* offsets, std::size_t num_groups,
                                std::int64_t capacity, std::int64_t capacity2, std::size_t max_states,
