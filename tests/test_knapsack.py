@@ -148,6 +148,23 @@ def test_core_with_two_budgets_on_many_tiny_instances_full_of_ties():
                 (values, costs, costs2, tiebreaks, capacity, capacity2)
 
 
+def test_core_with_two_budgets_stops_at_its_limits():
+    # The two passes (on two threads where OpenMP has them) stop at the state and time limits and say so.
+    rng = np.random.default_rng(1)
+    values = [list(rng.integers(0, 10**6, 7)) for _ in range(300)]
+    costs = [list(rng.integers(1, 10**4, 7)) for _ in range(300)]
+    costs2 = [list(rng.integers(1, 10**4, 7)) for _ in range(300)]
+    capacity = int(sum(sum(c) for c in costs) / 7 * 0.6)
+    capacity2 = int(sum(sum(c) for c in costs2) / 7 * 0.6)
+    kw = dict(costs2=flat(costs2), capacity2=capacity2)
+    assert run_core(values, costs, costs, capacity, max_states=1, **kw)[0] == "too_many_states"
+    assert run_core(values, costs, costs, capacity, time_limit_s=1e-9, **kw)[0] == "time_limit"
+    status, picks, states, _ = run_core(values, costs, costs, capacity, **kw)
+    assert status == "optimal" and states > 1
+    chosen = [row[k] for row, k in zip(costs, picks.tolist())], [row[k] for row, k in zip(costs2, picks.tolist())]
+    assert sum(chosen[0]) <= capacity and sum(chosen[1]) <= capacity2
+
+
 def test_core_on_a_hand_made_tie():
     # Two optima in value and tiebreak; the lexicographically larger choices win, also when found late.
     values = [[0, 5], [0, 5]]
