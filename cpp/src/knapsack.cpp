@@ -615,8 +615,8 @@ struct Search {
         PrefixBest prefix;
         prefix.reset(seconds.size());
         std::uint32_t best_x = kNone, best_y = kNone;
-        i64 best_tiebreak = 0;
-        bool equal = false;  // another forward state reaches the best pair's (value, tiebreak)
+        Key best_pair{};     // the best pair's (value, tiebreak)
+        bool equal = false;  // another forward state reaches it
         std::size_t entered = 0;
         for (const std::uint32_t k : by_room) {
             const State& x = xs[k];
@@ -630,15 +630,16 @@ struct Search {
             if (fits == 0) continue;
             const Key y = prefix.query(fits - 1, false);
             if (y.id == kNone) continue;
-            const i64 value = total(x.value, y.value, start.value), tiebreak = total(x.tiebreak, y.tiebreak, start.tiebreak);
-            if (best_x == kNone || value > best || (value == best && tiebreak > best_tiebreak)) {
-                best_x = k, best_y = y.id, best = value, best_tiebreak = tiebreak, equal = false;
-            } else if (value == best && tiebreak == best_tiebreak) {
+            const Key pair{total(x.value, y.value, start.value), total(x.tiebreak, y.tiebreak, start.tiebreak), 0, 0, k};
+            if (best_x == kNone || better(pair, best_pair, false)) {
+                best_x = k, best_y = y.id, best_pair = pair, equal = false;
+            } else if (!better(best_pair, pair, false)) {
                 equal = true;
             }
         }
         found = best_x != kNone;
         if (!found) return;
+        best = best_pair.value;
         const State &x = xs[best_x], &y = ys[best_y];
         for (std::uint32_t k = 0; k < ys.size() && !equal; ++k)  // another backward state as good for x
             equal = k != best_y && total(x.cost, ys[k].cost, start.cost) <= room &&
